@@ -1,0 +1,15 @@
+"""The project is wired: settings load, migrations are complete, and the admin answers."""
+import pytest
+from django.core.management import call_command
+
+pytestmark = pytest.mark.django_db
+
+
+def test_no_model_change_lacks_a_migration():
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)
+
+
+def test_admin_login_page_answers(client):
+    response = client.get("/admin/login/")
+
+    assert response.status_code == 200

@@ -1,0 +1,71 @@
+"""The Broker protocol every adapter implements, and the account summary it reports."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from trading.core.events import BrokerPosition, Contract, Event, Fill, PlaceOrder, Side
+
+EventHandler = Callable[[Event], None]
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSummary:
+    account: str
+    net_liquidation: float | None
+    buying_power: float | None
+    maintenance_margin: float | None
+    cash: float | None
+    ts: datetime
+    extra: dict[str, float | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenOrder:
+    order_ref: str
+    side: Side
+    qty: float
+    filled: float
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class PositionMark:
+    """A position with the broker's latest price for it (R-M6)."""
+
+    position: BrokerPosition
+    market_price: float | None
+
+
+class Broker(Protocol):
+    """Async broker adapter. Events (quotes, order updates, fills, connection state) go to the handler.
+
+    `BrokerPosition.avg_cost` follows IB: per contract for options (price x multiplier), per share for stock."""
+
+    name: str
+    mode: str  # sim | paper | live
+
+    def set_event_handler(self, handler: EventHandler) -> None: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def connect(self) -> None: ...
+
+    async def disconnect(self) -> None: ...
+
+    async def positions(self) -> list[PositionMark]: ...
+
+    async def account_summary(self) -> AccountSummary: ...
+
+    async def subscribe(self, symbol: str, legs: Sequence[Contract]) -> None: ...
+
+    async def place_order(self, order: PlaceOrder) -> None: ...
+
+    async def cancel_order(self, order_ref: str) -> None: ...
+
+    async def open_orders(self) -> list[OpenOrder]: ...
+
+    async def executions(self) -> list[Fill]: ...

@@ -1,0 +1,131 @@
+"""The managed book: the option legs Bifrost manages plus its own hedge shares, and their greeks."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from trading.core.events import BrokerPosition, Contract, LegGreeks
+from trading.core.greeks import bs_greeks, implied_vol, year_fraction
+from trading.core.params import StrategyParams
+
+SECONDS_PER_YEAR = 365.0 * 86400.0
+
+
+@dataclass(slots=True)
+class Leg:
+    """A managed option leg; `qty` is what the account holds of it now (it may drop to 0, it never leaves)."""
+
+    contract: Contract
+    qty: float
+    avg_cost: float | None = None
+    bid: float | None = None
+    ask: float | None = None
+    broker_iv: float | None = None
+    iv: float | None = None
+    iv_source: str = "fallback"
+    greeks: tuple[float, float, float, float, float] = (math.nan, math.nan, math.nan, math.nan, math.nan)
+
+    @property
+    def mid(self) -> float | None:
+        if self.bid is None or self.ask is None or self.bid <= 0 or self.ask < self.bid:
+            return None
+        return (self.bid + self.ask) / 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class BookGreeks:
+    """Greeks of the managed options in book units: shares of delta, shares per $1 of gamma, $ per day, $ per vol pt."""
+
+    option_delta_shares: float
+    gamma_shares: float
+    theta_usd: float
+    vega_usd: float
+    valid: bool
+    iv_fallback_legs: int
+
+
+def is_adoptable(position: BrokerPosition, params: StrategyParams, spot: float, today: date) -> bool:
+    """The structure filter: a long option on the underlying, DTE in [min_dte, max_dte], strike near the money."""
+    c = position.contract
+    if c.sec_type != "OPT" or c.symbol != params.underlying or c.expiry is None or c.strike is None:
+        return False
+    dte = (c.expiry - today).days
+    return (
+        position.qty > 0
+        and params.min_dte <= dte <= params.max_dte
+        and abs(c.strike / spot - 1.0) <= params.atm_band_frac
+    )
+
+
+@dataclass
+class ManagedBook:
+    """Legs by con_id plus the hedge ledger. Hedge shares change only on confirmed fills."""
+
+    legs: dict[int, Leg] = field(default_factory=dict)
+    hedge_shares: float = 0.0
+
+    def adopt(self, contract: Contract, qty: float, avg_cost: float | None) -> Leg:
+        leg = Leg(contract=contract, qty=qty, avg_cost=avg_cost)
+        self.legs[contract.con_id] = leg
+        return leg
+
+    def sync_quantities(self, positions: tuple[BrokerPosition, ...]) -> None:
+        """Take each managed leg's quantity from the account; a leg missing from the account counts as 0."""
+        held = {p.contract.con_id: p for p in positions}
+        for con_id, leg in self.legs.items():
+            position = held.get(con_id)
+            leg.qty = position.qty if position is not None else 0.0
+            if position is not None and position.avg_cost is not None:
+                leg.avg_cost = position.avg_cost
+
+    @property
+    def has_options(self) -> bool:
+        return any(leg.qty != 0 for leg in self.legs.values())
+
+    def compute_greeks(self, spot: float, now: datetime, params: StrategyParams) -> BookGreeks:
+        """Reprice every leg at `spot`; IV per leg: broker model → solved from mid → params.fallback_vol."""
+        delta = gamma = theta = vega = 0.0
+        valid = spot > 0 and math.isfinite(spot)
+        fallbacks = 0
+        for leg in self.legs.values():
+            c = leg.contract
+            assert c.right is not None and c.strike is not None and c.expiry is not None
+            t_years = year_fraction(c.expiry, now)
+            iv = self._resolve_iv(leg, spot, t_years, params)
+            fallbacks += leg.iv_source == "fallback"
+            g = bs_greeks(c.right, spot, c.strike, t_years, params.risk_free_rate, params.dividend_yield, iv)
+            leg.greeks = (g.price, g.delta, g.gamma, g.theta, g.vega)
+            units = leg.qty * c.multiplier
+            delta += units * g.delta
+            gamma += units * g.gamma
+            theta += units * g.theta
+            vega += units * g.vega
+            valid = valid and math.isfinite(g.delta) and math.isfinite(g.gamma)
+        return BookGreeks(delta, gamma, theta, vega, valid, fallbacks)
+
+    @staticmethod
+    def _resolve_iv(leg: Leg, spot: float, t_years: float, params: StrategyParams) -> float:
+        if leg.broker_iv is not None and leg.broker_iv > 0 and math.isfinite(leg.broker_iv):
+            leg.iv, leg.iv_source = leg.broker_iv, "broker"
+        elif leg.iv_source == "mid" and leg.iv is not None:
+            pass  # solved when the option quote arrived; re-solving on every stock tick would cost the hot path
+        else:
+            leg.iv, leg.iv_source = params.fallback_vol, "fallback"
+        return leg.iv
+
+    def on_option_quote(self, con_id: int, bid: float, ask: float, greeks: LegGreeks | None, iv: float | None,
+                        spot: float | None, now: datetime, params: StrategyParams) -> None:
+        leg = self.legs.get(con_id)
+        if leg is None:
+            return
+        leg.bid, leg.ask = bid, ask
+        broker_iv = greeks.iv if greeks is not None else iv
+        leg.broker_iv = broker_iv if broker_iv is not None and broker_iv > 0 and math.isfinite(broker_iv) else None
+        if leg.broker_iv is None and leg.mid is not None and spot is not None:
+            c = leg.contract
+            assert c.right is not None and c.strike is not None and c.expiry is not None
+            solved = implied_vol(c.right, leg.mid, spot, c.strike, year_fraction(c.expiry, now),
+                                 params.risk_free_rate, params.dividend_yield)
+            if solved is not None:
+                leg.iv, leg.iv_source = solved, "mid"

@@ -1,0 +1,703 @@
+"""The engine: `Engine.on_event(event, now) -> actions`, the one decision path for the daemon and the backtest."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from trading.core.book import BookGreeks, ManagedBook, is_adoptable
+from trading.core.calendar import in_earnings_blackout, trading_date
+from trading.core.classifier import (
+    Classification,
+    classify_delta,
+    classify_execution,
+    classify_liquidity,
+    classify_option,
+    classify_system,
+)
+from trading.core.events import (
+    Action,
+    BrokerPosition,
+    BrokerStatus,
+    CancelOrder,
+    Contract,
+    Control,
+    Event,
+    Fill,
+    Halt,
+    OptionQuote,
+    OrderUpdate,
+    PlaceOrder,
+    PositionsSynced,
+    Quote,
+    Reconciled,
+    Record,
+    Side,
+    Stop,
+    Timer,
+)
+from trading.core.fsm import (
+    ORDER_TERMINAL,
+    OrderState,
+    OrderTrigger,
+    TradingState,
+    TradingTrigger,
+    order_transition,
+    trading_transition,
+)
+from trading.core.gates import (
+    COST_REASONS,
+    LIQUIDITY_REASONS,
+    Counters,
+    GateResult,
+    GateState,
+    evaluate_gates,
+)
+from trading.core.params import StrategyParams
+from trading.core.pnl import PnlLedger
+from trading.core.selfcheck import HealthView, SelfCheck, self_check
+
+ENGINE_VERSION = "1.0"
+HEDGE_KEY = "hedge"
+# An unchanged blocked decision is recorded again after this long, so a long block stays visible in the log.
+DECISION_REPEAT_S = 5.0
+# Safe returns to sync only after the system has been healthy this long.
+HEALTHY_DWELL_S = 3.0
+_EVALUATING = frozenset({TradingState.MONITOR, TradingState.NO_TRADE, TradingState.NEED_HEDGE,
+                         TradingState.PAUSE_COST, TradingState.PAUSE_LIQ})
+_STATUS_TRIGGER = {
+    "submitted": OrderTrigger.ACK,
+    "working": OrderTrigger.ACK,
+    "filled": OrderTrigger.FILLED,
+    "cancelled": OrderTrigger.CANCELLED,
+    "rejected": OrderTrigger.REJECTED,
+}
+
+
+class Calendar(Protocol):
+    def is_open(self, now: datetime) -> bool: ...
+
+
+@dataclass(slots=True)
+class OrderTrack:
+    order_ref: str
+    side: Side
+    qty: float
+    intent: str
+    state: OrderState
+    created_at: datetime
+    mid_at_decision: float | None = None
+    filled: float = 0.0
+    acked_at: datetime | None = None
+    cancel_sent: bool = False
+
+    @property
+    def signed_remaining(self) -> float:
+        remaining = max(self.qty - self.filled, 0.0)
+        return remaining if self.side == "BUY" else -remaining
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSeed:
+    """What the edge restores from persistence at start: the engine's memory across restarts."""
+
+    paused: bool = False
+    halt_reason: str = ""
+    managed: tuple[tuple[Contract, float], ...] = ()  # (contract, qty at adoption)
+    hedge_shares: float = 0.0
+    hedge_avg_cost: float = 0.0
+    hedge_realized_usd: float = 0.0
+    commissions_usd: float = 0.0
+    open_orders: tuple[tuple[str, Side, float, float, str], ...] = ()  # (ref, side, qty, filled, intent)
+    seen_exec_ids: frozenset[str] = frozenset()
+    next_seq: int = 1
+    daily_hedges: int = 0
+    last_hedge_at: datetime | None = None
+    last_hedge_price: float | None = None
+    day_start_total_usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionView:
+    """The last hedge evaluation, whether or not it was recorded (the backtest writes one per tick)."""
+
+    ts: datetime
+    allowed: bool
+    reasons: tuple[str, ...]
+    intent_shares: float
+    order_shares: float
+    net_delta_shares: float
+    trading_state: str
+    classification: str
+
+
+@dataclass
+class Engine:
+    params: StrategyParams
+    order_ref_prefix: str
+    calendar: Calendar
+    now: datetime
+    seed: EngineSeed = field(default_factory=EngineSeed)
+    record_decisions: bool = True
+
+    def __post_init__(self) -> None:
+        p, s = self.params, self.seed
+        self.state = TradingState.BOOT
+        self.paused = s.paused
+        self.halt_reason = s.halt_reason
+        self.stopping = False
+        self.flattening = False
+        self._flatten_refs: list[str] = []
+        self.broker_connected = False
+        self.reconciled = False
+        self.positions_synced = False
+        self.positions: tuple[BrokerPosition, ...] = ()
+        self.book = ManagedBook()
+        for contract, qty in s.managed:
+            self.book.adopt(contract, qty, None)
+        self.adopted = bool(s.managed)
+        self.book.hedge_shares = s.hedge_shares
+        self.bid: float | None = None
+        self.ask: float | None = None
+        self.quote_ts: datetime | None = None
+        self.greeks = BookGreeks(0.0, 0.0, 0.0, 0.0, False, 0)
+        self.orders: dict[str, OrderTrack] = {
+            ref: OrderTrack(ref, side, qty, intent, OrderState.UNKNOWN, self.now, filled=filled)
+            for ref, side, qty, filled, intent in s.open_orders
+        }
+        self.seen_exec_ids: set[str] = set(s.seen_exec_ids)
+        self.seq = s.next_seq
+        self.counters = Counters(trading_date(self.now), s.daily_hedges)
+        self.last_hedge_at = s.last_hedge_at
+        self.last_hedge_price = s.last_hedge_price
+        self.pnl = PnlLedger(trading_date(self.now))
+        hedge = self.pnl.holding(HEDGE_KEY)
+        hedge.qty, hedge.avg_cost, hedge.realized_usd = s.hedge_shares, s.hedge_avg_cost, s.hedge_realized_usd
+        self.pnl.commissions_usd = s.commissions_usd
+        self._day_start_pending = s.day_start_total_usd
+        self.classification = Classification("O0", "D4", "L3", "E3", "S2")
+        self.last_decision: DecisionView | None = None
+        self._recorded_decision: tuple[tuple[str, ...], float, datetime] | None = None
+        self._healthy_since: datetime | None = None
+        self._market_open = True
+        self._market_open_checked: datetime | None = None
+        self._last_move_at: datetime | None = None
+        self.params_hash = p.params_hash
+
+    # ---- the one entry point -----------------------------------------------------------------------------
+
+    def on_event(self, event: Event, now: datetime) -> list[Action]:
+        """Apply one event and decide. Deterministic: same events, params and times give the same actions."""
+        self.now = now
+        actions: list[Action] = []
+        self._roll_day(now, actions)
+        handler = _HANDLERS[type(event)]
+        handler(self, event, actions)
+        self._evaluate(now, actions)
+        return actions
+
+    # ---- event handlers ----------------------------------------------------------------------------------
+
+    def _on_quote(self, q: Quote, actions: list[Action]) -> None:
+        if q.symbol != self.params.underlying or not _valid_quote(q.bid, q.ask):
+            return
+        self.bid, self.ask, self.quote_ts = q.bid, q.ask, q.ts
+
+    def _on_option_quote(self, q: OptionQuote, actions: list[Action]) -> None:
+        if not _valid_quote(q.bid, q.ask):
+            return
+        self.book.on_option_quote(q.con_id, q.bid, q.ask, q.greeks, q.iv, self.spot, self.now, self.params)
+
+    def _on_positions(self, e: PositionsSynced, actions: list[Action]) -> None:
+        self.positions = e.positions
+        self.positions_synced = True
+        self._sync_book(actions)
+
+    def _sync_book(self, actions: list[Action]) -> None:
+        self._adopt_if_needed(actions)
+        self.book.sync_quantities(self.positions)
+        for leg in self.book.legs.values():
+            key = str(leg.contract.con_id)
+            if key not in self.pnl.holdings:
+                cost = (leg.avg_cost / leg.contract.multiplier) if leg.avg_cost else (leg.mid or 0.0)
+                self.pnl.open_position(key, leg.qty, cost, leg.contract.multiplier)
+            else:
+                self.pnl.holdings[key].qty = leg.qty
+
+    def _on_order_update(self, u: OrderUpdate, actions: list[Action]) -> None:
+        track = self.orders.get(u.order_ref)
+        if track is None:
+            return
+        trigger = _STATUS_TRIGGER.get(u.status)
+        if trigger is None:
+            return
+        if trigger == OrderTrigger.FILLED and track.filled + 1e-9 < track.qty:
+            # The broker says filled before every execution reached us: the fills will follow and confirm it.
+            trigger = OrderTrigger.ACK if track.filled == 0 else OrderTrigger.PARTIAL_FILL
+        self._order_step(track, trigger, actions, u.message)
+
+    def _on_fill(self, f: Fill, actions: list[Action]) -> None:
+        if f.exec_id in self.seen_exec_ids:
+            return
+        self.seen_exec_ids.add(f.exec_id)
+        track = self.orders.get(f.order_ref)
+        signed = f.qty if f.side == "BUY" else -f.qty
+        self.book.hedge_shares += signed
+        mid = track.mid_at_decision if track is not None else self.mid
+        self.pnl.on_fill(HEDGE_KEY, signed, f.price, f.commission, mid)
+        self.last_hedge_price = f.price
+        actions.append(Record("fill", {
+            "exec_id": f.exec_id, "order_ref": f.order_ref, "symbol": self.params.underlying, "side": f.side,
+            "qty": f.qty, "price": f.price, "commission": f.commission, "ts": f.ts.isoformat(),
+        }))
+        self._operation(actions, "fill", f"{f.side} {f.qty:g} {self.params.underlying} @ {f.price:.4f} filled",
+                        order_ref=f.order_ref, side=f.side, qty=f.qty, price=f.price,
+                        data={"hedge_shares": self.book.hedge_shares, "commission": f.commission})
+        if track is None:
+            return
+        track.filled += f.qty
+        done = track.filled + 1e-9 >= track.qty
+        self._order_step(track, OrderTrigger.FILLED if done else OrderTrigger.PARTIAL_FILL, actions)
+
+    def _on_broker_status(self, e: BrokerStatus, actions: list[Action]) -> None:
+        if e.connected == self.broker_connected:
+            return
+        self.broker_connected = e.connected
+        if not e.connected:
+            self.reconciled = False
+            for track in list(self.orders.values()):
+                if track.state not in ORDER_TERMINAL:
+                    self._order_step(track, OrderTrigger.DISCONNECTED, actions)
+        self._operation(actions, "broker", "broker connected" if e.connected else f"broker disconnected {e.message}".strip())
+
+    def _on_reconciled(self, e: Reconciled, actions: list[Action]) -> None:
+        for ref in e.open_refs:
+            track = self.orders.get(ref)
+            if track is not None and track.state == OrderState.UNKNOWN:
+                self._order_step(track, OrderTrigger.ACK, actions, "found open at the broker")
+        unresolved = [r for r, t in self.orders.items() if t.state == OrderState.UNKNOWN and r not in e.open_refs]
+        self.reconciled = not e.unknown_refs and not unresolved
+        detail = "book reconciled" if self.reconciled else f"unresolved orders: {', '.join(sorted(set(unresolved) | set(e.unknown_refs)))}"
+        self._operation(actions, "reconcile", detail, reasons=[] if self.reconciled else ["not_reconciled"])
+
+    def _on_timer(self, e: Timer, actions: list[Action]) -> None:
+        p = self.params
+        for track in list(self.orders.values()):
+            if track.state == OrderState.SENT and (self.now - track.created_at).total_seconds() >= p.ack_timeout_s:
+                self._order_step(track, OrderTrigger.ACK_TIMEOUT, actions, f"no ack within {p.ack_timeout_s:g} s")
+            elif (track.state in (OrderState.WORKING, OrderState.PARTIAL) and not track.cancel_sent
+                  and track.acked_at is not None
+                  and (self.now - track.acked_at).total_seconds() >= p.working_timeout_s):
+                track.cancel_sent = True
+                actions.append(CancelOrder(track.order_ref))
+                self._operation(actions, "order_cancel", f"cancel {track.order_ref}: working longer than "
+                                f"{p.working_timeout_s:g} s", order_ref=track.order_ref)
+
+    def _on_control(self, c: Control, actions: list[Action]) -> None:
+        command = c.command
+        if command == "pause":
+            self.paused = True
+        elif command == "resume":
+            self.paused = False
+            self.flattening = False
+        elif command == "reset_halt":
+            self.halt_reason = ""
+            if self.state == TradingState.HALTED:
+                self._set_state(TradingTrigger.RESET_HALT, actions)
+        elif command == "flatten":
+            self.paused = True
+            self.flattening = True
+            self._flatten_refs = []
+            self._cancel_working(actions, "flatten")
+        elif command == "stop":
+            self.stopping = True
+            self._cancel_working(actions, "stop")
+            actions.append(Stop(c.reason or "stop requested"))
+        else:
+            raise ValueError(f"unknown control command {command!r}")
+        self._operation(actions, command, f"{command} by {c.actor}" + (f": {c.reason}" if c.reason else ""),
+                        actor=c.actor)
+
+    # ---- deciding ----------------------------------------------------------------------------------------
+
+    def _evaluate(self, now: datetime, actions: list[Action]) -> None:
+        p = self.params
+        spot = self.spot
+        if not self.adopted and self.positions_synced and spot is not None:
+            self._sync_book(actions)  # adoption waited for the first quote (the ATM band needs a spot)
+        if spot is not None and self.book.legs:
+            self.greeks = self.book.compute_greeks(spot, now, p)
+            self._mark(spot, now)
+        elif not self.book.legs:
+            self.greeks = BookGreeks(0.0, 0.0, 0.0, 0.0, spot is not None, 0)
+        if self._day_start_pending is not None:
+            self.pnl.day_start_total_usd = self._day_start_pending
+            self._day_start_pending = None
+        self._check_loss_breaker(actions)
+        gate = self.gate_state(now)
+        self.classification = self._classify(gate)
+        if self.flattening:
+            self._flatten_step(actions)
+        self._advance_trading_state(gate, now, actions)
+
+    def _advance_trading_state(self, gate: GateState, now: datetime, actions: list[Action]) -> None:
+        if self.halt_reason:
+            self._set_state(TradingTrigger.RISK_HALT, actions)
+            return
+        if self.state == TradingState.BOOT:
+            self._set_state(TradingTrigger.START, actions)
+        if self.state == TradingState.SYNC:
+            if self.positions_synced and self.quote_ts is not None:
+                self._set_state(TradingTrigger.SYNCED if self.book.has_options else TradingTrigger.NO_OPTIONS, actions)
+            return
+        healthy = self._healthy(gate)
+        if self.state == TradingState.SAFE:
+            self._healthy_since = (self._healthy_since or now) if healthy else None
+            if self._healthy_since is not None and (now - self._healthy_since).total_seconds() >= HEALTHY_DWELL_S:
+                self._set_state(TradingTrigger.HEALTHY, actions)
+            return
+        if not healthy:
+            self._healthy_since = None
+            self._set_state(TradingTrigger.UNHEALTHY, actions)
+            return
+        if self.state == TradingState.HEDGING:
+            if not self._in_flight():
+                self._set_state(TradingTrigger.ORDER_DONE, actions)
+            return
+        if not self.book.has_options:
+            self._set_state(TradingTrigger.NO_OPTIONS, actions)
+            return
+        if self.state == TradingState.IDLE:
+            self._set_state(TradingTrigger.SYNCED, actions)
+        if self._in_flight():
+            self._set_state(TradingTrigger.ORDER_SENT, actions)
+            return
+        if self.classification.delta in ("D0", "D1"):
+            self._set_state(TradingTrigger.IN_BAND, actions)
+            return
+        result = evaluate_gates(gate, self.params, self.counters, now)
+        self._decide(result, gate, now, actions)
+
+    def _decide(self, result: GateResult, gate: GateState, now: datetime, actions: list[Action]) -> None:
+        reasons = set(result.reasons)
+        if result.allowed:
+            trigger = TradingTrigger.OUT_OF_BAND
+        elif reasons <= COST_REASONS:
+            trigger = TradingTrigger.COST_BLOCKED
+        elif reasons <= COST_REASONS | LIQUIDITY_REASONS:
+            trigger = TradingTrigger.LIQ_BLOCKED
+        else:
+            trigger = TradingTrigger.BLOCKED
+        self._set_state(trigger, actions)
+        order_ref = self._next_ref() if result.allowed else ""
+        self.last_decision = DecisionView(now, result.allowed, result.reasons, result.size.intent_shares,
+                                          result.size.order_shares, gate.net_delta_shares, str(self.state),
+                                          str(self.classification))
+        self._record_decision(result, gate, order_ref, now, actions)
+        if result.allowed:
+            self._send(order_ref, result.size.order_shares, "hedge", actions)
+            self.counters.daily_hedges += 1
+            self.last_hedge_at = now
+            self.last_hedge_price = gate.spot
+            self._set_state(TradingTrigger.ORDER_SENT, actions)
+
+    def _record_decision(self, result: GateResult, gate: GateState, order_ref: str, now: datetime,
+                         actions: list[Action]) -> None:
+        if not self.record_decisions:
+            return
+        sign = math.copysign(1.0, result.size.intent_shares)
+        previous = self._recorded_decision
+        if (not result.allowed and previous is not None and previous[0] == result.reasons and previous[1] == sign
+                and (now - previous[2]).total_seconds() < DECISION_REPEAT_S):
+            return
+        self._recorded_decision = (result.reasons, sign, now)
+        actions.append(Record("decision", {
+            "ts": now.isoformat(), "allowed": result.allowed, "reasons": list(result.reasons),
+            "intent_shares": result.size.intent_shares, "order_shares": result.size.order_shares,
+            "net_delta_shares": gate.net_delta_shares, "spot": gate.spot, "trading_state": str(self.state),
+            "classification": str(self.classification), "order_ref": order_ref, "params_hash": self.params_hash,
+        }))
+        if not result.allowed:
+            self._operation(actions, "hedge_blocked",
+                            f"hedge of {result.size.intent_shares:+g} shares blocked: {', '.join(result.reasons)}",
+                            reasons=list(result.reasons), qty=result.size.intent_shares)
+
+    def _flatten_step(self, actions: list[Action]) -> None:
+        """Cancel ours, then bring our own hedge shares to zero; manual shares are not in the ledger at all."""
+        if any(t.state not in ORDER_TERMINAL for t in self.orders.values()):
+            return
+        last = self.orders[self._flatten_refs[-1]] if self._flatten_refs else None
+        if last is not None and last.state == OrderState.REJECTED:
+            self.flattening = False  # no retry storm: the operator sees the rejection and decides
+            self._operation(actions, "flatten_failed", f"flatten order {last.order_ref} was rejected; still paused")
+            return
+        if abs(self.book.hedge_shares) < 1e-9:
+            self.flattening = False
+            self._operation(actions, "flatten_done", "flatten complete: Bifrost hedge shares are 0; staying paused")
+            return
+        if not self.broker_connected or self.stopping:
+            return
+        ref = self._next_ref()
+        self._flatten_refs.append(ref)
+        self._send(ref, -self.book.hedge_shares, "flatten", actions)
+
+    def _send(self, order_ref: str, signed_qty: float, intent: str, actions: list[Action]) -> None:
+        p = self.params
+        side: Side = "BUY" if signed_qty > 0 else "SELL"
+        qty = abs(signed_qty)
+        limit = None
+        if p.order_type == "limit" and self.bid is not None and self.ask is not None:
+            offset = p.limit_offset_bps / 1e4
+            limit = round(self.ask * (1 + offset), 2) if side == "BUY" else round(self.bid * (1 - offset), 2)
+        self.orders[order_ref] = OrderTrack(order_ref, side, qty, intent, OrderState.PLAN, self.now,
+                                            mid_at_decision=self.mid)
+        actions.append(PlaceOrder(order_ref, p.underlying, side, qty, p.order_type, limit,
+                                  "flatten" if intent == "flatten" else "hedge"))
+        actions.append(Record("order", {
+            "order_ref": order_ref, "intent": intent, "symbol": p.underlying, "side": side, "qty": qty,
+            "order_type": p.order_type, "limit_price": limit, "state": "sent", "spot_at_decision": self.mid,
+            "params_hash": self.params_hash, "ts": self.now.isoformat(),
+        }))
+        self._operation(actions, "order_sent", f"{intent} {side} {qty:g} {p.underlying} ({p.order_type})",
+                        order_ref=order_ref, side=side, qty=qty,
+                        data={"net_delta_shares": self.net_delta_shares, "hedge_shares": self.book.hedge_shares})
+        self._order_step(self.orders[order_ref], OrderTrigger.SEND, actions, record=False)
+
+    def _order_step(self, track: OrderTrack, trigger: OrderTrigger, actions: list[Action], message: str = "",
+                    record: bool = True) -> None:
+        before = track.state
+        track.state = order_transition(track.state, trigger)
+        if track.state == OrderState.WORKING and track.acked_at is None:
+            track.acked_at = self.now
+        if track.state == before or not record:
+            return
+        actions.append(Record("order", {"order_ref": track.order_ref, "state": str(track.state),
+                                        "filled_qty": track.filled, "message": message, "ts": self.now.isoformat()}))
+        self._operation(actions, f"order_{track.state}", f"{track.order_ref} {before} → {track.state}"
+                        + (f": {message}" if message else ""), order_ref=track.order_ref, side=track.side,
+                        qty=track.qty)
+
+    def _cancel_working(self, actions: list[Action], why: str) -> None:
+        for track in self.orders.values():
+            if track.state not in ORDER_TERMINAL and track.state != OrderState.UNKNOWN and not track.cancel_sent:
+                track.cancel_sent = True
+                actions.append(CancelOrder(track.order_ref))
+                self._operation(actions, "order_cancel", f"cancel {track.order_ref} ({why})",
+                                order_ref=track.order_ref)
+
+    def _check_loss_breaker(self, actions: list[Action]) -> None:
+        if self.halt_reason:
+            return
+        daily = self.pnl.total_usd - self.pnl.day_start_total_usd
+        if daily <= -self.params.max_daily_loss_usd:
+            self.halt_reason = f"daily loss {daily:.2f} USD reached the limit of {self.params.max_daily_loss_usd:g} USD"
+            actions.append(Halt(self.halt_reason))
+            self._operation(actions, "halt", self.halt_reason, reasons=["risk_halt"])
+
+    # ---- state views -------------------------------------------------------------------------------------
+
+    @property
+    def spot(self) -> float | None:
+        return self.mid
+
+    @property
+    def mid(self) -> float | None:
+        if self.bid is None or self.ask is None:
+            return None
+        return (self.bid + self.ask) / 2.0
+
+    @property
+    def net_delta_shares(self) -> float:
+        return self.book.hedge_shares + self.greeks.option_delta_shares
+
+    def gate_state(self, now: datetime) -> GateState:
+        p = self.params
+        mid = self.mid
+        spread = (self.ask - self.bid) / mid * 1e4 if mid and self.bid is not None and self.ask is not None else None
+        quote_age = (now - self.quote_ts).total_seconds() * 1000.0 if self.quote_ts is not None else None
+        today = self.counters.trading_date
+        return GateState(
+            paused=self.paused,
+            stopping=self.stopping,
+            halted=bool(self.halt_reason),
+            broker_connected=self.broker_connected,
+            quote_age_ms=quote_age,
+            spread_bps=spread,
+            greeks_valid=self.greeks.valid or not self.book.legs,
+            reconciled=self.reconciled,
+            has_options=self.book.has_options,
+            market_open=self._is_open(now),
+            in_blackout=bool(p.earnings_dates) and in_earnings_blackout(
+                today, p.earnings_dates, p.blackout_days_before, p.blackout_days_after),
+            order_in_flight=self._in_flight(),
+            spot=mid,
+            net_delta_shares=self.net_delta_shares,
+            hedge_shares=self.book.hedge_shares,
+            last_hedge_price=self.last_hedge_price,
+            last_hedge_at=self.last_hedge_at,
+        )
+
+    def self_check(self, daemon_state: str, config_error: str = "") -> SelfCheck:
+        now = self.now
+        working_ages = [(now - t.acked_at).total_seconds() for t in self.orders.values()
+                        if t.state in (OrderState.WORKING, OrderState.PARTIAL) and t.acked_at is not None]
+        view = HealthView(
+            gate=self.gate_state(now),
+            daemon_state=daemon_state,
+            daily_pnl_usd=self.pnl.total_usd - self.pnl.day_start_total_usd,
+            iv_fallback_legs=self.greeks.iv_fallback_legs,
+            oldest_working_order_s=max(working_ages) if working_ages else None,
+            unknown_orders=sum(t.state == OrderState.UNKNOWN for t in self.orders.values()),
+            config_error=config_error,
+        )
+        return self_check(view, self.params, self.counters)
+
+    def status_view(self) -> dict[str, object]:
+        """The engine's part of the /api/status/ payload (the edge adds daemon, account and config)."""
+        gate = self.gate_state(self.now)
+        snap = self.pnl.snapshot(HEDGE_KEY)
+        legs = []
+        for leg in self.book.legs.values():
+            c = leg.contract
+            price, delta, gamma, theta, vega = leg.greeks
+            legs.append({
+                "con_id": c.con_id, "symbol": c.symbol, "local_symbol": c.local_symbol, "right": c.right,
+                "strike": c.strike, "expiry": c.expiry.isoformat() if c.expiry else None, "qty": leg.qty,
+                "multiplier": c.multiplier, "bid": leg.bid, "ask": leg.ask, "mid": leg.mid, "iv": leg.iv,
+                "iv_source": leg.iv_source, "model_price": _finite(price), "delta": _finite(delta),
+                "gamma": _finite(gamma), "theta": _finite(theta), "vega": _finite(vega),
+                "moneyness": (self.spot / c.strike) if self.spot and c.strike else None,
+            })
+        return {
+            "trading": {"state": str(self.state), "paused": self.paused, "halted": bool(self.halt_reason),
+                        "halt_reason": self.halt_reason, "flattening": self.flattening,
+                        "classification": str(self.classification)},
+            "market": {"symbol": self.params.underlying, "bid": self.bid, "ask": self.ask, "spot": self.mid,
+                       "spread_bps": gate.spread_bps,
+                       "data_lag_ms": None if gate.quote_age_ms is None else round(gate.quote_age_ms, 1),
+                       "quote_ts": self.quote_ts.isoformat() if self.quote_ts else None},
+            "book": {"net_delta_shares": self.net_delta_shares,
+                     "option_delta_shares": self.greeks.option_delta_shares,
+                     "hedge_shares": self.book.hedge_shares, "gamma": self.greeks.gamma_shares,
+                     "theta": self.greeks.theta_usd, "vega": self.greeks.vega_usd, "legs": legs},
+            "pnl": {"trading_date": snap.trading_date.isoformat(), "daily_usd": snap.daily_usd,
+                    "realized_usd": snap.realized_usd, "unrealized_usd": snap.unrealized_usd,
+                    "commissions_usd": snap.commissions_usd, "options_usd": snap.options_usd,
+                    "hedge_usd": snap.hedge_usd, "gamma_usd": snap.gamma_usd, "theta_usd": snap.theta_usd,
+                    "vega_usd": snap.vega_usd, "hedge_cost_usd": snap.hedge_cost_usd},
+            "counters": {"daily_hedges": self.counters.daily_hedges,
+                         "trading_date": self.counters.trading_date.isoformat()},
+            "orders_in_flight": [t.order_ref for t in self.orders.values() if t.state not in ORDER_TERMINAL],
+        }
+
+    # ---- helpers -----------------------------------------------------------------------------------------
+
+    def _is_open(self, now: datetime) -> bool:
+        # The calendar answers per minute at most: the session bounds do not move faster than that.
+        checked = self._market_open_checked
+        if checked is None or abs((now - checked).total_seconds()) >= 1.0:
+            self._market_open = self.calendar.is_open(now)
+            self._market_open_checked = now
+        return self._market_open
+
+    def _healthy(self, gate: GateState) -> bool:
+        stale = gate.quote_age_ms is None or gate.quote_age_ms >= self.params.stale_quote_ms
+        return gate.broker_connected and not stale and gate.greeks_valid
+
+    def _in_flight(self) -> bool:
+        return any(t.state not in ORDER_TERMINAL for t in self.orders.values())
+
+    def _classify(self, gate: GateState) -> Classification:
+        p = self.params
+        live = [t for t in self.orders.values() if t.state not in ORDER_TERMINAL]
+        return Classification(
+            option=classify_option(self.book.has_options, self.greeks.gamma_shares),
+            delta=classify_delta(self.net_delta_shares, gate.greeks_valid and gate.spot is not None, p),
+            liquidity=classify_liquidity(gate.spread_bps, p),
+            execution=classify_execution(
+                gate.broker_connected,
+                any(t.state == OrderState.UNKNOWN for t in live),
+                any(t.state == OrderState.PARTIAL for t in live),
+                bool(live),
+            ),
+            system=classify_system(gate.halted, gate.greeks_valid, gate.quote_age_ms, p),
+        )
+
+    def _mark(self, spot: float, now: datetime) -> None:
+        self.pnl.mark(HEDGE_KEY, spot)
+        iv_sum = 0.0
+        for leg in self.book.legs.values():
+            mark = leg.mid if leg.mid is not None else leg.greeks[0]
+            self.pnl.mark(str(leg.contract.con_id), mark)
+            iv_sum += leg.iv or 0.0
+        elapsed_days = 0.0 if self._last_move_at is None else (now - self._last_move_at).total_seconds() / 86400.0
+        self._last_move_at = now
+        iv = iv_sum / len(self.book.legs) if self.book.legs else None
+        self.pnl.on_market_move(spot, iv, self.greeks.gamma_shares, self.greeks.theta_usd, self.greeks.vega_usd,
+                                elapsed_days)
+
+    def _adopt_if_needed(self, actions: list[Action]) -> None:
+        """At first start, take over the legs that pass the structure filter; later syncs never drop a leg."""
+        spot = self.spot
+        if self.adopted or spot is None:
+            return
+        today = trading_date(self.now)
+        for position in self.positions:
+            if is_adoptable(position, self.params, spot, today):
+                c = position.contract
+                self.book.adopt(c, position.qty, position.avg_cost)
+                actions.append(Record("managed_leg", {
+                    "con_id": c.con_id, "symbol": c.symbol, "local_symbol": c.local_symbol, "right": c.right,
+                    "strike": c.strike, "expiry": c.expiry.isoformat() if c.expiry else None,
+                    "multiplier": c.multiplier, "adopted_qty": position.qty, "ts": self.now.isoformat(),
+                }))
+                self._operation(actions, "leg_adopted", f"adopted {c.local_symbol or c.symbol} x {position.qty:g}")
+        self.adopted = True
+
+    def _roll_day(self, now: datetime, actions: list[Action]) -> None:
+        today = trading_date(now)
+        if today == self.counters.trading_date:
+            return
+        self.counters = Counters(today)
+        self.pnl.roll_if_new_day(today)
+        self._operation(actions, "new_trading_day", f"trading date {today.isoformat()}: daily counters reset")
+
+    def _next_ref(self) -> str:
+        ref = f"{self.order_ref_prefix}:{self.seq}"
+        self.seq += 1
+        return ref
+
+    def _set_state(self, trigger: TradingTrigger, actions: list[Action]) -> None:
+        before = self.state
+        self.state = trading_transition(self.state, trigger)
+        if self.state != before:
+            self._operation(actions, "trading_state", f"trading {before} → {self.state} ({trigger})")
+
+    def _operation(self, actions: list[Action], kind: str, message: str, **fields: object) -> None:
+        actions.append(Record("operation", {"ts": self.now.isoformat(), "kind": kind, "message": message,
+                                            "trading_state": str(self.state), "params_hash": self.params_hash,
+                                            **fields}))
+
+
+def _valid_quote(bid: float, ask: float) -> bool:
+    """IB sends -1, 0 and NaN for 'no price': such a quote is not a quote."""
+    return math.isfinite(bid) and math.isfinite(ask) and bid > 0 and ask > 0 and ask >= bid
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+_HANDLERS: dict[type, Callable[[Engine, Any, list[Action]], None]] = {
+    Quote: Engine._on_quote,
+    OptionQuote: Engine._on_option_quote,
+    PositionsSynced: Engine._on_positions,
+    OrderUpdate: Engine._on_order_update,
+    Fill: Engine._on_fill,
+    BrokerStatus: Engine._on_broker_status,
+    Reconciled: Engine._on_reconciled,
+    Timer: Engine._on_timer,
+    Control: Engine._on_control,
+}

@@ -1,0 +1,276 @@
+"""What the daemon records and what the control room reads: snapshots, the operations log, orders, fills,
+decisions, control commands, strategy configs, the lease, the managed book and the account."""
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+
+class StrategyConfig(models.Model):
+    """An immutable version of the strategy parameters; exactly one row is active."""
+
+    name = models.CharField(max_length=100)
+    params = models.JSONField()
+    params_hash = models.CharField(max_length=64, db_index=True)
+    created_by = models.CharField(max_length=150, default="system")
+    created_at = models.DateTimeField(auto_now_add=True)
+    active = models.BooleanField(default=False)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["active"], condition=Q(active=True), name="one_active_strategy_config"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} [{self.params_hash[:8]}]{' (active)' if self.active else ''}"
+
+
+class DaemonLease(models.Model):
+    """The single-instance lock: one row per lease name, refreshed by the holder's heartbeat."""
+
+    name = models.CharField(max_length=50, unique=True, default="daemon")
+    token = models.CharField(max_length=32)
+    owner = models.CharField(max_length=200)
+    host = models.CharField(max_length=200)
+    pid = models.IntegerField()
+    mode = models.CharField(max_length=10, default="sim")
+    started_at = models.DateTimeField()
+    heartbeat_at = models.DateTimeField()
+    released_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.owner} ({self.token})"
+
+
+class ControlState(models.Model):
+    """Operator switches that must survive a daemon restart (pause, risk halt). A singleton, id=1."""
+
+    paused = models.BooleanField(default=False)
+    paused_reason = models.CharField(max_length=500, blank=True)
+    halted = models.BooleanField(default=False)
+    halt_reason = models.CharField(max_length=500, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    @classmethod
+    def load(cls) -> ControlState:
+        obj, _ = cls.objects.get_or_create(id=1)
+        return obj
+
+
+class ControlCommand(models.Model):
+    """An operator command on its way to the daemon: pending → acked → done | rejected | expired."""
+
+    class Command(models.TextChoices):
+        START = "start"
+        STOP = "stop"
+        PAUSE = "pause"
+        RESUME = "resume"
+        FLATTEN = "flatten"
+        RESET_HALT = "reset_halt"
+        RECONNECT = "reconnect"
+        REFRESH_ACCOUNT = "refresh_account"
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        ACKED = "acked"
+        DONE = "done"
+        REJECTED = "rejected"
+        EXPIRED = "expired"
+
+    command = models.CharField(max_length=20, choices=Command.choices)
+    reason = models.CharField(max_length=500, blank=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING, db_index=True)
+    result = models.TextField(blank=True)
+    created_by = models.CharField(max_length=150)
+    source = models.CharField(max_length=20, default="api")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    acked_at = models.DateTimeField(null=True, blank=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.command} ({self.state})"
+
+
+class Operation(models.Model):
+    """The operations log: every command, state transition, order event, block and halt, with who and why."""
+
+    ts = models.DateTimeField(db_index=True)
+    kind = models.CharField(max_length=40, db_index=True)
+    actor = models.CharField(max_length=150, default="daemon")
+    message = models.TextField()
+    order_ref = models.CharField(max_length=64, blank=True, db_index=True)
+    side = models.CharField(max_length=4, blank=True)
+    qty = models.FloatField(null=True, blank=True)
+    price = models.DecimalField(max_digits=18, decimal_places=6, null=True, blank=True)
+    reasons = models.JSONField(default=list, blank=True)
+    trading_state = models.CharField(max_length=20, blank=True)
+    params_hash = models.CharField(max_length=64, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-ts", "-id"]
+        indexes = [models.Index(fields=["kind", "-ts"])]
+
+    def __str__(self) -> str:
+        return f"{self.ts:%Y-%m-%d %H:%M:%S} {self.kind}: {self.message}"
+
+
+class Order(models.Model):
+    """A Bifrost order, keyed by its idempotent orderRef `bifrost:<lease>:<seq>`."""
+
+    order_ref = models.CharField(max_length=64, unique=True)
+    intent = models.CharField(max_length=10, default="hedge")  # hedge | flatten
+    symbol = models.CharField(max_length=20)
+    side = models.CharField(max_length=4)
+    qty = models.FloatField()
+    order_type = models.CharField(max_length=10)
+    limit_price = models.DecimalField(max_digits=18, decimal_places=6, null=True, blank=True)
+    state = models.CharField(max_length=12, db_index=True)
+    filled_qty = models.FloatField(default=0)
+    avg_price = models.DecimalField(max_digits=18, decimal_places=6, null=True, blank=True)
+    broker_order_id = models.CharField(max_length=32, blank=True)
+    message = models.TextField(blank=True)
+    reason = models.CharField(max_length=200, blank=True)
+    spot_at_decision = models.FloatField(null=True, blank=True)
+    params_hash = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(db_index=True)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.order_ref} {self.side} {self.qty:g} {self.symbol} ({self.state})"
+
+
+class Fill(models.Model):
+    """One execution of a Bifrost order, as confirmed by the broker (never assumed)."""
+
+    exec_id = models.CharField(max_length=64, unique=True)
+    order_ref = models.CharField(max_length=64, db_index=True)
+    symbol = models.CharField(max_length=20)
+    side = models.CharField(max_length=4)
+    qty = models.FloatField()
+    price = models.DecimalField(max_digits=18, decimal_places=6)
+    commission = models.DecimalField(max_digits=18, decimal_places=6, default=0)
+    ts = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-ts", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.exec_id} {self.side} {self.qty:g} @ {self.price}"
+
+
+class Decision(models.Model):
+    """An evaluated hedge: allowed or not, with every reason, the intended shares and the state behind it."""
+
+    ts = models.DateTimeField(db_index=True)
+    allowed = models.BooleanField()
+    reasons = models.JSONField(default=list)
+    intent_shares = models.FloatField()
+    net_delta_shares = models.FloatField()
+    spot = models.FloatField(null=True, blank=True)
+    trading_state = models.CharField(max_length=20)
+    classification = models.CharField(max_length=20, blank=True)
+    order_ref = models.CharField(max_length=64, blank=True)
+    params_hash = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-ts", "-id"]
+
+    def __str__(self) -> str:
+        verdict = "allowed" if self.allowed else "blocked: " + ", ".join(self.reasons)
+        return f"{self.ts:%H:%M:%S} {self.intent_shares:+g} {verdict}"
+
+
+class StatusCurrent(models.Model):
+    """The latest snapshot the daemon wrote (a singleton, id=1); `payload` has the /api/status/ shape."""
+
+    ts = models.DateTimeField()
+    daemon_state = models.CharField(max_length=20)
+    trading_state = models.CharField(max_length=20)
+    verdict = models.CharField(max_length=10)
+    payload = models.JSONField()
+
+
+class StatusHistory(models.Model):
+    """Snapshots kept over time: every BIFROST_HISTORY_S and at every order event."""
+
+    ts = models.DateTimeField(db_index=True)
+    daemon_state = models.CharField(max_length=20)
+    trading_state = models.CharField(max_length=20)
+    verdict = models.CharField(max_length=10)
+    payload = models.JSONField()
+
+    class Meta:
+        ordering = ["-ts", "-id"]
+        verbose_name_plural = "status history"
+
+
+class ManagedLeg(models.Model):
+    """An option leg Bifrost manages: it counts in delta whatever its moneyness until it is retired."""
+
+    con_id = models.BigIntegerField(unique=True)
+    symbol = models.CharField(max_length=20)
+    local_symbol = models.CharField(max_length=40, blank=True)
+    right = models.CharField(max_length=1)
+    strike = models.FloatField()
+    expiry = models.DateField()
+    multiplier = models.IntegerField(default=100)
+    adopted_qty = models.FloatField()
+    adopted_at = models.DateTimeField()
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["expiry", "strike", "right"]
+
+    def __str__(self) -> str:
+        return f"{self.symbol} {self.expiry} {self.strike:g}{self.right}"
+
+
+class AccountSnapshot(models.Model):
+    """The account summary as fetched from the broker, kept over time."""
+
+    ts = models.DateTimeField(db_index=True)
+    account = models.CharField(max_length=32)
+    net_liquidation = models.DecimalField(max_digits=18, decimal_places=2, null=True)
+    buying_power = models.DecimalField(max_digits=18, decimal_places=2, null=True)
+    maintenance_margin = models.DecimalField(max_digits=18, decimal_places=2, null=True)
+    cash = models.DecimalField(max_digits=18, decimal_places=2, null=True)
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-ts", "-id"]
+
+
+class Position(models.Model):
+    """An account position as last synced, with its mark; `managed` says whether Bifrost trades it."""
+
+    account = models.CharField(max_length=32)
+    con_id = models.BigIntegerField()
+    symbol = models.CharField(max_length=20)
+    local_symbol = models.CharField(max_length=40, blank=True)
+    sec_type = models.CharField(max_length=4)
+    right = models.CharField(max_length=1, blank=True)
+    strike = models.FloatField(null=True, blank=True)
+    expiry = models.DateField(null=True, blank=True)
+    multiplier = models.IntegerField(default=1)
+    qty = models.FloatField()
+    avg_cost = models.FloatField(null=True, blank=True)
+    market_price = models.FloatField(null=True, blank=True)
+    managed = models.BooleanField(default=False)
+    data = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["symbol", "sec_type", "expiry", "strike"]
+        constraints = [models.UniqueConstraint(fields=["account", "con_id"], name="one_position_per_contract")]
+
+    def __str__(self) -> str:
+        return f"{self.local_symbol or self.symbol} x {self.qty:g}"
