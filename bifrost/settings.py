@@ -8,7 +8,7 @@ import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("BIFROST_VAR_DIR", BASE_DIR / "var"))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+(VAR_DIR / "static").mkdir(parents=True, exist_ok=True)
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -94,7 +94,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 5,
     }
-DATABASES["default"]["TEST"] = {"NAME": os.environ.get("BIFROST_TEST_DB_NAME") or None}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -170,4 +169,8 @@ BIFROST_JOURNAL_PATH = Path(os.environ.get("BIFROST_JOURNAL_PATH", VAR_DIR / "jo
 BIFROST_SIM_STATE_PATH = Path(os.environ.get("BIFROST_SIM_STATE_PATH", VAR_DIR / "sim_account.json"))
 BIFROST_SIM_SEED = int(os.environ.get("BIFROST_SIM_SEED", "7"))
 BIFROST_SIM_TICK_S = _env_float("BIFROST_SIM_TICK_S", 0.25)
+# How many times faster than the wall clock the simulated price moves (the demo wants hedges in a minute).
+BIFROST_SIM_SPEED = _env_float("BIFROST_SIM_SPEED", 20.0)
+# Fault injection for tests and drills, comma-separated: connect_hang, silent, reject_orders.
+BIFROST_SIM_FAULTS = frozenset(f.strip() for f in os.environ.get("BIFROST_SIM_FAULTS", "").split(",") if f.strip())
 BIFROST_SUPERVISOR_URL = os.environ.get("BIFROST_SUPERVISOR_URL", f"unix://{VAR_DIR / 'supervisor.sock'}")

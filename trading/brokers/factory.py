@@ -6,10 +6,8 @@ from django.conf import settings
 from trading.brokers.base import Broker
 from trading.errors import ConfigError
 
-# The demo market: realised vol well above the options' implied vol, so a long straddle scalps profitably,
-# and a price process running faster than the wall clock so hedges happen within the first minute.
+# The demo market: realised vol well above the options' implied vol, so a long straddle scalps profitably.
 DEMO_REALIZED_VOL = 0.80
-DEMO_SPEED = 20.0
 
 
 def broker_from_settings() -> Broker:
@@ -17,9 +15,11 @@ def broker_from_settings() -> Broker:
         from trading.brokers.sim import SimBroker
         from trading.sim.market import MarketConfig
 
-        return SimBroker(config=MarketConfig(realized_vol=DEMO_REALIZED_VOL), seed=settings.BIFROST_SIM_SEED,
-                         state_path=settings.BIFROST_SIM_STATE_PATH, tick_s=settings.BIFROST_SIM_TICK_S,
-                         speed=DEMO_SPEED)
+        broker = SimBroker(config=MarketConfig(realized_vol=DEMO_REALIZED_VOL), seed=settings.BIFROST_SIM_SEED,
+                           state_path=settings.BIFROST_SIM_STATE_PATH, tick_s=settings.BIFROST_SIM_TICK_S,
+                           speed=settings.BIFROST_SIM_SPEED)
+        broker.faults.apply(settings.BIFROST_SIM_FAULTS)
+        return broker
     if settings.BIFROST_BROKER == "ib":
         raise ConfigError("BIFROST_BROKER", "the IB adapter is not built yet (see the IB issue)")
     raise ConfigError("BIFROST_BROKER", f"unknown broker {settings.BIFROST_BROKER!r}; expected sim or ib")

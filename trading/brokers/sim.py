@@ -25,7 +25,7 @@ from trading.core.events import (
     Quote,
     Side,
 )
-from trading.errors import BrokerError
+from trading.errors import BrokerError, ConfigError
 from trading.sim.market import MarketConfig, MarketModel, con_id_for, local_symbol_for, seed_account
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,17 @@ class SimFaults:
     silent: bool = False  # no quotes at all
     reject_next: int = 0  # reject this many coming orders
     extra_latency_s: float = 0.0
+    connect_hang: bool = False  # connect() never completes, like a TWS that accepts and then says nothing
+
+    def apply(self, names: frozenset[str]) -> None:
+        known = {"connect_hang", "silent", "reject_orders"}
+        unknown = names - known
+        if unknown:
+            raise ConfigError("BIFROST_SIM_FAULTS", f"unknown fault(s) {sorted(unknown)}; known: {sorted(known)}")
+        self.connect_hang = "connect_hang" in names
+        self.silent = "silent" in names
+        if "reject_orders" in names:
+            self.reject_next = 10**9
 
 
 @dataclass
@@ -102,6 +113,8 @@ class SimBroker:
         return self._connected
 
     async def connect(self) -> None:
+        if self.faults.connect_hang:
+            await asyncio.Event().wait()
         self._connected = True
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sim-market")
         self._emit(BrokerStatus(True, self.clock()))

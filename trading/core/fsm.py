@@ -57,6 +57,10 @@ DAEMON_IGNORED: frozenset[tuple[DaemonState, DaemonTrigger]] = frozenset(
     | {(_D.RUNNING, _DT.RESUME), (_D.PAUSED, _DT.PAUSE)}
     | {(s, _DT.DISCONNECTED) for s in (_D.STARTING, _D.CONNECTING, _D.WAITING_BROKER, _D.STOPPING, _D.STOPPED)}
     | {(_D.STOPPING, _DT.STOP), (_D.STOPPED, _DT.STOP)}
+    # While stopping, the broker task and the control poll still report until they are cancelled: a late
+    # `connected` or `pause` there must not crash the wind-down. Elsewhere the remaining pairs are broker-loop
+    # reports that raced with a transition already taken (a second `connected`, `retry` while syncing).
+    | {(s, t) for s in _D for t in _DT if (s, t) not in DAEMON_TRANSITIONS}
 )
 
 

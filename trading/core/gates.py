@@ -96,7 +96,9 @@ def size_hedge(net_delta_shares: float, hedge_shares: float, params: StrategyPar
     intent = round_half_away(-net_delta_shares)
     qty = math.copysign(min(abs(intent), params.max_hedge_shares_per_order), intent) if intent else 0.0
     target = hedge_shares + qty
-    if abs(target) > params.max_position_shares:
+    # Clip only a trade that grows the position past the limit: one that shrinks a position already beyond
+    # it (the limit was lowered) goes as sized, or the clip would overshoot the hedge and grow |net delta|.
+    if abs(target) > params.max_position_shares and abs(target) > abs(hedge_shares):
         qty = math.copysign(params.max_position_shares, target) - hedge_shares
         if qty * intent < 0:  # already beyond the limit on this side: never trade further that way
             qty = 0.0

@@ -40,6 +40,8 @@ _IV_MAX_ITER = 100
 _TINY = 2.2250738585072014e-308
 # A time value below this fraction of the price is rounding noise of the parity conversion, not a vol.
 _TIME_VALUE_FLOOR = 1e-12
+# Total vol (vol·√t) below this is treated as zero vol: d1 and gamma would overflow long before it matters.
+_MIN_TOTAL_VOL = 1e-12
 # Rows per numpy block: small enough that a block's temporaries stay in L2 cache.
 _BLOCK_ROWS = 8192
 
@@ -82,7 +84,7 @@ def _sign(right: str) -> float:
 
 def _degenerate(sign: float, spot: float, strike: float, t_years: float, rate: float, div: float,
                 vol: float) -> Greeks:
-    """Expired (t <= 0) or zero-vol option: discounted forward intrinsic value and a step delta, no time greeks."""
+    """Expired (t <= 0) or zero-vol (vol·√t <= 1e-12) option: discounted forward intrinsic value and a step delta, no time greeks."""
     if math.isnan(spot + strike + t_years + rate + div + vol) or spot < 0.0 or strike < 0.0:
         return _NAN_GREEKS
     if t_years > 0.0:
@@ -102,10 +104,10 @@ def _degenerate(sign: float, spot: float, strike: float, t_years: float, rate: f
 def bs_price(right: Right, spot: float, strike: float, t_years: float, rate: float, div: float, vol: float) -> float:
     """Black-Scholes-Merton value per share of a European option; intrinsic when expired or vol <= 0."""
     sign = _sign(right)
-    if not (t_years > 0.0 and vol > 0.0 and spot > 0.0 and strike > 0.0):
-        return _degenerate(sign, spot, strike, t_years, rate, div, vol).price
-    sqrt_t = math.sqrt(t_years)
+    sqrt_t = math.sqrt(t_years) if t_years > 0.0 else 0.0
     vol_sqrt_t = vol * sqrt_t
+    if not (vol_sqrt_t > _MIN_TOTAL_VOL and spot > 0.0 and strike > 0.0):
+        return _degenerate(sign, spot, strike, t_years, rate, div, vol).price
     spot_pv = spot * math.exp(-div * t_years)
     strike_pv = strike * math.exp(-rate * t_years)
     d1 = (math.log(spot / strike) + (rate - div + 0.5 * vol * vol) * t_years) / vol_sqrt_t
@@ -121,15 +123,15 @@ def bs_greeks(right: Right, spot: float, strike: float, t_years: float, rate: fl
               vol: float) -> Greeks:
     """Black-Scholes-Merton price, delta, gamma, theta per calendar day and vega per vol point, per share.
 
-    Expired (t_years <= 0) or vol <= 0: discounted forward intrinsic value, delta a step (±e^(-q t) or 0),
+    Expired (t_years <= 0) or vol <= 0 (or vol·√t below 1e-12): discounted forward intrinsic value, delta a step (±e^(-q t) or 0),
     gamma, theta and vega 0. NaN inputs, or a negative spot or strike, give NaN greeks; nothing raises except
     a `right` other than "C" or "P".
     """
     sign = _sign(right)
-    if not (t_years > 0.0 and vol > 0.0 and spot > 0.0 and strike > 0.0):
-        return _degenerate(sign, spot, strike, t_years, rate, div, vol)
-    sqrt_t = math.sqrt(t_years)
+    sqrt_t = math.sqrt(t_years) if t_years > 0.0 else 0.0
     vol_sqrt_t = vol * sqrt_t
+    if not (vol_sqrt_t > _MIN_TOTAL_VOL and spot > 0.0 and strike > 0.0):
+        return _degenerate(sign, spot, strike, t_years, rate, div, vol)
     df_div = math.exp(-div * t_years)
     spot_pv = spot * df_div
     strike_pv = strike * math.exp(-rate * t_years)
@@ -263,7 +265,7 @@ def _bsm_block(sign: FloatArray, s: FloatArray, k: FloatArray, t: FloatArray, r:
 
     `sign * d1 * c` in the scalar path and `d1 * (sign * c)` here are the same float: sign is ±1.
     """
-    sqrt_t = np.sqrt(t)
+    sqrt_t = np.sqrt(t)  # NaN for t < 0: such rows fail the total-vol test below and become degenerate
     vol_sqrt_t = v * sqrt_t
     df_div = np.exp(-q * t)
     spot_pv = s * df_div
@@ -284,10 +286,10 @@ def _bsm_block(sign: FloatArray, s: FloatArray, k: FloatArray, t: FloatArray, r:
         theta_year = -(spot_pdf * v / (2.0 * sqrt_t)) - sign * (r * strike_pv * n2 - q * spot_pv * n1)
         np.divide(theta_year, DAYS_PER_YEAR, out=outs[3])
         np.divide(spot_pdf * sqrt_t, 100.0, out=outs[4])
-    if np.min(t) > 0.0 and np.min(v) > 0.0 and np.min(s) > 0.0 and np.min(k) > 0.0:
+    if np.min(vol_sqrt_t) > _MIN_TOTAL_VOL and np.min(s) > 0.0 and np.min(k) > 0.0:
         return
     # Degenerate rows, as `_degenerate`: discounted forward intrinsic (undiscounted once expired), step delta.
-    bad = ~((t > 0.0) & (v > 0.0) & (s > 0.0) & (k > 0.0))
+    bad = ~((vol_sqrt_t > _MIN_TOTAL_VOL) & (s > 0.0) & (k > 0.0))
     live = t > 0.0
     value = sign * (np.where(live, spot_pv, s) - np.where(live, strike_pv, k))
     itm = value > 0.0

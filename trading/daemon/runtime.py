@@ -324,13 +324,16 @@ class Daemon:
         }
 
     async def _control_loop(self) -> None:
+        failing = False
         while True:
             try:
                 commands = await db(services.control_commands_claim)(daemon_started_at=self.started_at,
                                                                      now=self.clock())
+                failing = False
             except DatabaseError as exc:
-                log.error("control poll failed: %s", exc)
-                commands = []
+                if not failing:
+                    log.error("control poll failed (retrying every heartbeat): %s", exc)
+                failing, commands = True, []
             for command in commands:
                 await self._apply(command)
             self._wake.clear()
