@@ -224,8 +224,11 @@ class Engine:
             if key not in self.pnl.holdings:
                 cost = (leg.avg_cost / leg.contract.multiplier) if leg.avg_cost else (leg.mid or 0.0)
                 self.pnl.open_position(key, leg.qty, cost, leg.contract.multiplier)
-            else:
-                self.pnl.holdings[key].qty = leg.qty
+            elif leg.qty != self.pnl.holdings[key].qty:
+                # The operator traded a managed leg: book the change at the mark, or the unrealized P&L of the
+                # contracts that left would vanish from the total and jolt the daily P&L (and the breaker).
+                holding = self.pnl.holdings[key]
+                holding.trade(leg.qty - holding.qty, holding.mark if holding.mark is not None else holding.avg_cost)
 
     def _on_order_update(self, u: OrderUpdate, actions: list[Action]) -> None:
         track = self.orders.get(u.order_ref)
@@ -336,7 +339,7 @@ class Engine:
         if self._day_start_pending is not None:
             self.pnl.day_start_total_usd = self._day_start_pending
             self._day_start_pending = None
-        elif False:
+        elif self._day_start_unknown and self.positions_synced and spot is not None:
             # Nothing persisted today's opening total: the day counts from the first full mark, not from the
             # cost basis of legs held for weeks and the ledger's lifetime fills (they would trip the breaker).
             self.pnl.day_start_total_usd = self.pnl.total_usd

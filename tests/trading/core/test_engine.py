@@ -385,6 +385,18 @@ def test_an_old_unrealized_loss_on_adopted_legs_is_not_todays_loss() -> None:
     assert h.engine.state == TradingState.MONITOR
 
 
+def test_the_operator_selling_managed_contracts_does_not_jolt_the_daily_pnl() -> None:
+    bought_cheap = (BrokerPosition(CALL, 10, avg_cost=4.0 * 100), BrokerPosition(PUT, 10, avg_cost=4.0 * 100))
+    h = started(account=bought_cheap)
+    total_before = h.engine.pnl.total_usd
+
+    h.send(PositionsSynced((BrokerPosition(CALL, 5, avg_cost=4.0 * 100), bought_cheap[1]), h.now))
+
+    assert h.engine.pnl.total_usd == pytest.approx(total_before)
+    assert h.engine.pnl.snapshot("hedge").daily_usd == pytest.approx(0.0, abs=1.0)
+    assert h.engine.pnl.realized_usd == pytest.approx(5 * 100 * (h.engine.pnl.holdings["101"].mark - 4.0))  # type: ignore[operator]
+
+
 def test_a_big_enough_daily_loss_halts_and_only_reset_halt_leaves_halted() -> None:
     h, _ = hedged(max_daily_loss_usd=2000.0)
     h.option_quote(CALL, 7.30)

@@ -1,0 +1,167 @@
+"""Services and commands refuse bad input and change nothing; claims are atomic; records are idempotent."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from trading.errors import ConfigError, ControlCommandError
+from trading.models import ControlCommand, ControlState, Fill, Operation, Order, StrategyConfig
+from trading.selectors import engine_seed_load
+from trading.services import (
+    control_command_create,
+    control_commands_claim,
+    records_write,
+    strategy_config_create,
+    strategy_params_active,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+def test_unknown_control_command_is_rejected_never_mapped_to_another():
+    with pytest.raises(ControlCommandError) as refused:
+        control_command_create(command="halt_everything", user="op")
+
+    assert refused.value.field == "command"
+    assert ControlCommand.objects.count() == 0
+
+
+def test_unknown_control_command_on_the_cli_exits_1_and_queues_nothing(capsys):
+    with pytest.raises(SystemExit) as exited:
+        call_command("control", "shutdown")
+
+    assert exited.value.code == 1
+    assert "unknown command 'shutdown'" in capsys.readouterr().err
+    assert ControlCommand.objects.count() == 0
+
+
+def test_control_wait_times_out_with_exit_2_when_no_daemon_takes_it():
+    with pytest.raises(SystemExit) as exited:
+        call_command("control", "pause", "--wait", "0.3", "--reason", "lunch")
+
+    assert exited.value.code == 2
+    assert ControlCommand.objects.get().state == "pending"
+
+
+def test_start_without_supervisord_is_rejected_with_the_reason(settings, tmp_path):
+    settings.BIFROST_SUPERVISOR_URL = f"unix://{tmp_path / 'nothing.sock'}"
+
+    with pytest.raises(SystemExit) as exited:
+        call_command("control", "start", "--wait", "1")
+
+    cmd = ControlCommand.objects.get()
+    assert exited.value.code == 1
+    assert cmd.state == "rejected" and "supervisord is not reachable" in cmd.result
+
+
+def test_bad_params_are_rejected_with_the_field_named_and_nothing_saved():
+    with pytest.raises(ConfigError) as wrong_type:
+        strategy_config_create(name="x", params={"cooldown_s": "soon"}, user="op")
+    with pytest.raises(ConfigError) as unknown:
+        strategy_config_create(name="x", params={"cooldown_seconds": 5}, user="op")
+
+    assert wrong_type.value.field == "cooldown_s"
+    assert unknown.value.field == "cooldown_seconds"
+    assert StrategyConfig.objects.count() == 0
+
+
+def test_only_one_config_is_active_and_activation_is_audited():
+    first = strategy_config_create(name="a", params={}, user="op", activate=True)
+    second = strategy_config_create(name="b", params={"cooldown_s": 30}, user="op", activate=True)
+
+    _, active = strategy_params_active()
+
+    assert active.pk == second.pk
+    assert StrategyConfig.objects.filter(active=True).count() == 1
+    assert first.params_hash != second.params_hash
+    assert Operation.objects.filter(kind="config_activated").count() == 2
+
+
+def test_claim_takes_stop_first_and_expires_old_commands():
+    now = timezone.now()
+    started = now - timedelta(seconds=10)
+    before_start = control_command_create(command="pause", user="op")
+    ControlCommand.objects.filter(pk=before_start.pk).update(created_at=started - timedelta(seconds=1))
+    too_old = control_command_create(command="resume", user="op")
+    ControlCommand.objects.filter(pk=too_old.pk).update(created_at=now - timedelta(seconds=301))
+    pause = control_command_create(command="pause", user="op")
+    stop = control_command_create(command="stop", user="op")
+
+    claimed = control_commands_claim(daemon_started_at=started - timedelta(seconds=400), now=now)
+    reclaimed = control_commands_claim(daemon_started_at=started - timedelta(seconds=400), now=now)
+
+    assert [c.pk for c in claimed] == [stop.pk, before_start.pk, pause.pk]
+    assert reclaimed == []
+    too_old.refresh_from_db()
+    assert too_old.state == "expired" and "older than 300 s" in too_old.result
+
+
+def test_command_created_before_the_daemon_started_expires():
+    cmd = control_command_create(command="flatten", user="op")
+
+    claimed = control_commands_claim(daemon_started_at=timezone.now(), now=timezone.now())
+
+    cmd.refresh_from_db()
+    assert claimed == []
+    assert cmd.state == "expired" and "before this daemon started" in cmd.result
+
+
+def _order(ref: str, side: str = "BUY", qty: float = 50) -> tuple[str, dict]:
+    return ("order", {"order_ref": ref, "intent": "hedge", "symbol": "NVDA", "side": side, "qty": qty,
+                      "order_type": "market", "limit_price": None, "state": "sent", "spot_at_decision": 180.0,
+                      "params_hash": "h", "ts": timezone.now().isoformat()})
+
+
+def _fill(ref: str, exec_id: str, side: str, qty: float, price: float) -> tuple[str, dict]:
+    return ("fill", {"exec_id": exec_id, "order_ref": ref, "symbol": "NVDA", "side": side, "qty": qty,
+                     "price": price, "commission": 1.0, "ts": timezone.now().isoformat()})
+
+
+def test_fills_are_idempotent_and_update_their_order():
+    records_write([_order("bifrost:a:1"), _fill("bifrost:a:1", "e1", "BUY", 50, 180.0)])
+    records_write([_fill("bifrost:a:1", "e1", "BUY", 50, 180.0)])  # a journal replay repeats it
+
+    order = Order.objects.get()
+    assert Fill.objects.count() == 1
+    assert order.filled_qty == 50 and float(order.avg_price) == 180.0
+
+
+def test_engine_seed_rebuilds_the_hedge_ledger_and_the_persisted_pause():
+    records_write([_order("bifrost:a:1"), _fill("bifrost:a:1", "e1", "BUY", 50, 180.0),
+                   _order("bifrost:a:2", "SELL", 20), _fill("bifrost:a:2", "e2", "SELL", 20, 181.0),
+                   _order("bifrost:a:3", "BUY", 10)])
+    Order.objects.filter(order_ref__in=["bifrost:a:1", "bifrost:a:2"]).update(state="filled")
+    Order.objects.filter(order_ref="bifrost:a:3").update(state="working")
+    ControlState.objects.update_or_create(id=1, defaults={"paused": True})
+
+    seed = engine_seed_load(today=timezone.now().date())
+
+    assert seed.paused is True
+    assert seed.hedge_shares == 30
+    assert seed.hedge_realized_usd == pytest.approx(20.0)
+    assert seed.seen_exec_ids == {"e1", "e2"}
+    assert [o[0] for o in seed.open_orders] == ["bifrost:a:3"]
+    assert seed.next_seq == 4
+
+
+def test_status_without_a_daemon_is_red_with_the_reason(capsys):
+    call_command("status", "--json")
+
+    status = json.loads(capsys.readouterr().out)
+    assert status["lamp"] == "red"
+    assert status["block_reasons"] == ["daemon_not_running"]
+    assert set(status) >= {"lamp", "verdict", "block_reasons", "checks", "daemon", "trading", "market", "book",
+                           "pnl", "counters", "config", "account", "ts"}
+
+
+def test_every_admin_page_answers(admin_client):
+    from django.contrib import admin
+
+    for model in admin.site._registry:
+        opts = model._meta
+        response = admin_client.get(f"/admin/{opts.app_label}/{opts.model_name}/")
+        assert response.status_code == 200, opts.model_name

@@ -1,0 +1,165 @@
+"""The admin control room: the daemon's records (read-only), control commands and strategy configs."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.http import HttpRequest
+
+from trading.models import (
+    AccountSnapshot,
+    ControlCommand,
+    ControlState,
+    DaemonLease,
+    Decision,
+    Fill,
+    ManagedLeg,
+    Operation,
+    Order,
+    Position,
+    StatusCurrent,
+    StatusHistory,
+    StrategyConfig,
+)
+
+admin.site.site_header = "Bifrost control room"
+admin.site.site_title = "Bifrost"
+admin.site.index_title = "Operations"
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """What the daemon wrote is evidence: it is read here, never edited."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Operation)
+class OperationAdmin(ReadOnlyAdmin):
+    list_display = ("ts", "kind", "actor", "message", "order_ref", "side", "qty", "price", "trading_state")
+    list_filter = ("kind", "actor", ("ts", admin.DateFieldListFilter))
+    search_fields = ("message", "order_ref", "kind", "actor")
+    date_hierarchy = "ts"
+
+
+@admin.register(Order)
+class OrderAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "order_ref", "intent", "side", "qty", "symbol", "order_type", "state",
+                    "filled_qty", "avg_price", "message")
+    list_filter = ("state", "intent", "side", ("created_at", admin.DateFieldListFilter))
+    search_fields = ("order_ref", "message")
+    date_hierarchy = "created_at"
+
+
+@admin.register(Fill)
+class FillAdmin(ReadOnlyAdmin):
+    list_display = ("ts", "exec_id", "order_ref", "side", "qty", "symbol", "price", "commission")
+    list_filter = ("side", ("ts", admin.DateFieldListFilter))
+    search_fields = ("exec_id", "order_ref")
+    date_hierarchy = "ts"
+
+
+@admin.register(Decision)
+class DecisionAdmin(ReadOnlyAdmin):
+    list_display = ("ts", "allowed", "reasons_text", "intent_shares", "net_delta_shares", "spot", "trading_state",
+                    "classification", "order_ref")
+    list_filter = ("allowed", "trading_state", ("ts", admin.DateFieldListFilter))
+    search_fields = ("order_ref", "classification")
+    date_hierarchy = "ts"
+
+    @admin.display(description="reasons")
+    def reasons_text(self, obj: Decision) -> str:
+        return ", ".join(obj.reasons) or "-"
+
+
+@admin.register(ControlCommand)
+class ControlCommandAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "command", "state", "created_by", "source", "reason", "result", "acked_at",
+                    "done_at")
+    list_filter = ("command", "state", "source")
+    search_fields = ("reason", "result", "created_by")
+
+
+@admin.register(StrategyConfig)
+class StrategyConfigAdmin(admin.ModelAdmin):
+    list_display = ("name", "params_hash", "active", "created_by", "created_at", "note")
+    list_filter = ("active",)
+    readonly_fields = ("params_hash", "created_by", "created_at", "active")
+    actions = ["activate"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: StrategyConfig, form: Any, change: bool) -> None:
+        """Configs are immutable: saving an edit creates a new version."""
+        from trading.errors import ConfigError
+        from trading.services import strategy_config_create
+
+        try:
+            created = strategy_config_create(name=obj.name, params=obj.params, user=request.user.get_username(),
+                                             note=obj.note)
+        except ConfigError as exc:
+            self.message_user(request, f"refused: {exc}", level=messages.ERROR)
+            return
+        obj.pk = created.pk
+        self.message_user(request, f"saved as a new version [{created.params_hash[:8]}]; activate it to use it")
+
+    @admin.action(description="Activate the selected config (exactly one)")
+    def activate(self, request: HttpRequest, queryset: Any) -> None:
+        from trading.services import strategy_config_activate
+
+        if queryset.count() != 1:
+            self.message_user(request, "select exactly one config to activate", level=messages.ERROR)
+            return
+        config = queryset.get()
+        strategy_config_activate(config=config, user=request.user.get_username())
+        self.message_user(request, f"{config} is now active; the daemon uses it from its next start")
+
+
+@admin.register(DaemonLease)
+class DaemonLeaseAdmin(ReadOnlyAdmin):
+    list_display = ("name", "owner", "token", "mode", "started_at", "heartbeat_at", "released_at")
+
+
+@admin.register(ControlState)
+class ControlStateAdmin(ReadOnlyAdmin):
+    list_display = ("paused", "paused_reason", "halted", "halt_reason", "updated_at")
+
+
+@admin.register(ManagedLeg)
+class ManagedLegAdmin(admin.ModelAdmin):
+    list_display = ("symbol", "local_symbol", "right", "strike", "expiry", "multiplier", "adopted_qty", "adopted_at",
+                    "active")
+    list_filter = ("active", "symbol")
+    readonly_fields = ("con_id", "symbol", "local_symbol", "right", "strike", "expiry", "multiplier", "adopted_qty",
+                       "adopted_at")
+
+
+@admin.register(Position)
+class PositionAdmin(ReadOnlyAdmin):
+    list_display = ("symbol", "local_symbol", "sec_type", "qty", "avg_cost", "market_price", "managed", "updated_at")
+    list_filter = ("managed", "sec_type", "symbol")
+
+
+@admin.register(AccountSnapshot)
+class AccountSnapshotAdmin(ReadOnlyAdmin):
+    list_display = ("ts", "account", "net_liquidation", "buying_power", "maintenance_margin", "cash")
+    date_hierarchy = "ts"
+
+
+@admin.register(StatusHistory)
+class StatusHistoryAdmin(ReadOnlyAdmin):
+    list_display = ("ts", "daemon_state", "trading_state", "verdict")
+    list_filter = ("verdict", "daemon_state", "trading_state")
+    date_hierarchy = "ts"
+
+
+@admin.register(StatusCurrent)
+class StatusCurrentAdmin(ReadOnlyAdmin):
+    list_display = ("ts", "daemon_state", "trading_state", "verdict")
