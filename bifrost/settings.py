@@ -170,7 +170,7 @@ BIFROST_SIM_STATE_PATH = Path(os.environ.get("BIFROST_SIM_STATE_PATH", VAR_DIR /
 BIFROST_SIM_SEED = int(os.environ.get("BIFROST_SIM_SEED", "7"))
 BIFROST_SIM_TICK_S = _env_float("BIFROST_SIM_TICK_S", 0.25)
 # How many times faster than the wall clock the simulated price moves (the demo wants hedges in a minute).
-BIFROST_SIM_SPEED = _env_float("BIFROST_SIM_SPEED", 20.0)
+BIFROST_SIM_SPEED = _env_float("BIFROST_SIM_SPEED", 200.0)
 # Fault injection for tests and drills, comma-separated: connect_hang, silent, reject_orders.
 BIFROST_SIM_FAULTS = frozenset(f.strip() for f in os.environ.get("BIFROST_SIM_FAULTS", "").split(",") if f.strip())
 BIFROST_SUPERVISOR_URL = os.environ.get("BIFROST_SUPERVISOR_URL", f"unix://{VAR_DIR / 'supervisor.sock'}")

@@ -274,3 +274,17 @@ class _database_outage:
                              dbname="postgres", autocommit=True) as admin:
             for statement in statements:
                 admin.execute(statement, [self.name] if "%s" in statement else None)
+
+
+def test_demo_config_shows_hedges_blocks_and_fills_within_the_first_minute(daemon_factory):
+    from trading.management.commands.demo_setup import DEMO_PARAMS
+
+    strategy_config_create(name="demo", params=DEMO_PARAMS, user="test", activate=True)
+    started = time.monotonic()
+
+    daemon_factory(BIFROST_SIM_SPEED="")  # the demo's own default speed
+    wait_until(lambda: Fill.objects.exists(), 60, "a fill")
+    wait_until(lambda: Decision.objects.filter(allowed=False).exists(), 60 - (time.monotonic() - started),
+               "a blocked hedge")
+
+    assert time.monotonic() - started < 60
