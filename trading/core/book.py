@@ -88,10 +88,13 @@ class ManagedBook:
         delta = gamma = theta = vega = 0.0
         valid = spot > 0 and math.isfinite(spot)
         fallbacks = 0
+        t_by_expiry: dict[date, float] = {}  # the legs of a straddle share an expiry: one time zone sum each
         for leg in self.legs.values():
             c = leg.contract
             assert c.right is not None and c.strike is not None and c.expiry is not None
-            t_years = year_fraction(c.expiry, now)
+            t_years = t_by_expiry.get(c.expiry)
+            if t_years is None:
+                t_years = t_by_expiry[c.expiry] = year_fraction(c.expiry, now)
             iv = self._resolve_iv(leg, spot, t_years, params)
             fallbacks += leg.iv_source == "fallback"
             g = bs_greeks(c.right, spot, c.strike, t_years, params.risk_free_rate, params.dividend_yield, iv)

@@ -167,6 +167,8 @@ class Engine:
             ref: OrderTrack(ref, side, qty, intent, OrderState.UNKNOWN, self.now, filled=filled)
             for ref, side, qty, filled, intent in s.open_orders
         }
+        # The orders not yet filled, cancelled or rejected: every tick asks about these, never the whole history.
+        self._live: dict[str, OrderTrack] = dict(self.orders)
         self.seen_exec_ids: set[str] = set(s.seen_exec_ids)
         self.seq = s.next_seq
         self.counters = Counters(trading_date(self.now), s.daily_hedges)
@@ -435,7 +437,7 @@ class Engine:
 
     def _flatten_step(self, actions: list[Action]) -> None:
         """Cancel ours, then bring our own hedge shares to zero; manual shares are not in the ledger at all."""
-        if any(t.state not in ORDER_TERMINAL for t in self.orders.values()):
+        if self._live:
             return
         last = self.orders[self._flatten_refs[-1]] if self._flatten_refs else None
         if last is not None and last.state == OrderState.REJECTED:
@@ -460,8 +462,8 @@ class Engine:
         if p.order_type == "limit" and self.bid is not None and self.ask is not None:
             offset = p.limit_offset_bps / 1e4
             limit = round(self.ask * (1 + offset), 2) if side == "BUY" else round(self.bid * (1 - offset), 2)
-        self.orders[order_ref] = OrderTrack(order_ref, side, qty, intent, OrderState.PLAN, self.now,
-                                            mid_at_decision=self.mid)
+        self.orders[order_ref] = self._live[order_ref] = OrderTrack(order_ref, side, qty, intent, OrderState.PLAN,
+                                                                    self.now, mid_at_decision=self.mid)
         actions.append(PlaceOrder(order_ref, p.underlying, side, qty, p.order_type, limit,
                                   "flatten" if intent == "flatten" else "hedge"))
         actions.append(Record("order", {
@@ -478,6 +480,8 @@ class Engine:
                     record: bool = True) -> None:
         before = track.state
         track.state = order_transition(track.state, trigger)
+        if track.state in ORDER_TERMINAL:
+            self._live.pop(track.order_ref, None)
         if track.state == OrderState.WORKING and track.acked_at is None:
             track.acked_at = self.now
         if track.state == before or not record:
@@ -616,11 +620,11 @@ class Engine:
         return gate.broker_connected and not stale and gate.greeks_valid
 
     def _in_flight(self) -> bool:
-        return any(t.state not in ORDER_TERMINAL for t in self.orders.values())
+        return bool(self._live)
 
     def _classify(self, gate: GateState) -> Classification:
         p = self.params
-        live = [t for t in self.orders.values() if t.state not in ORDER_TERMINAL]
+        live = self._live.values()
         return Classification(
             option=classify_option(self.book.has_options, self.greeks.gamma_shares),
             delta=classify_delta(self.net_delta_shares, gate.greeks_valid and gate.spot is not None, p),
