@@ -116,6 +116,7 @@ MEDIA_ROOT = VAR_DIR / "media"
 SESSION_COOKIE_SECURE = not DEBUG and _env_bool("BIFROST_SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 LOGIN_URL = "/admin/login/"
+LOGIN_REDIRECT_URL = "/"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 
@@ -136,12 +137,15 @@ Q_CLUSTER = {
 }
 
 REST_FRAMEWORK = {
+    # Token first: an anonymous request then gets 401 with `WWW-Authenticate: Token`, not a bare 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "monitor.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_RATES": {"control": os.environ.get("BIFROST_CONTROL_RATE", "60/min")},
 }
 SPECTACULAR_SETTINGS = {"TITLE": "Bifrost API", "VERSION": "1.0.0"}
 

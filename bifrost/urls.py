@@ -1,7 +1,8 @@
-"""URL map: the admin control room now; the API and the lamp page join in monitor.urls."""
+"""URL map: the admin control room, the API and the lamp page."""
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("", include("monitor.urls")),
 ]

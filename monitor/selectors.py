@@ -65,3 +65,66 @@ def status_payload_get(*, now: datetime | None = None) -> dict[str, Any]:
     payload["lamp"] = LAMP[payload["verdict"]]
     return payload
 
+
+
+def positions_list(*, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Every account position with its mark, P&L, moneyness and greeks, and whether Bifrost manages it."""
+    from trading.core.greeks import bs_greeks, implied_vol, year_fraction
+    from trading.core.params import StrategyParams
+    from trading.models import Position, StrategyConfig
+
+    now = now or timezone.now()
+    current = StatusCurrent.objects.filter(id=1).first()
+    market = current.payload.get("market", {}) if current else {}
+    legs = {leg["con_id"]: leg for leg in (current.payload.get("book", {}).get("legs", []) if current else [])}
+    config = StrategyConfig.objects.filter(active=True).first()
+    params = StrategyParams.from_dict(config.params) if config else StrategyParams()
+    rows = []
+    for p in Position.objects.all():
+        mark = p.market_price
+        spot = market.get("spot") if p.symbol == market.get("symbol") else None
+        pnl = (mark - p.avg_cost) * p.qty * p.multiplier if mark is not None and p.avg_cost is not None else None
+        greeks: dict[str, float | None] | None = None
+        moneyness = None
+        if p.sec_type == "STK":
+            greeks = {"iv": None, "delta": 1.0, "gamma": 0.0, "theta": 0.0, "vega": 0.0}
+        elif p.con_id in legs:
+            leg = legs[p.con_id]
+            greeks = {k: leg.get(k) for k in ("iv", "delta", "gamma", "theta", "vega")}
+        elif spot and p.strike and p.expiry and p.right in ("C", "P"):
+            t_years = year_fraction(p.expiry, now)
+            iv = (implied_vol(p.right, mark, spot, p.strike, t_years, params.risk_free_rate, params.dividend_yield)
+                  if mark else None) or params.fallback_vol
+            g = bs_greeks(p.right, spot, p.strike, t_years, params.risk_free_rate, params.dividend_yield, iv)
+            greeks = {"iv": iv, "delta": g.delta, "gamma": g.gamma, "theta": g.theta, "vega": g.vega}
+        if spot and p.strike:
+            moneyness = spot / p.strike
+        rows.append({
+            "con_id": p.con_id, "account": p.account, "symbol": p.symbol, "local_symbol": p.local_symbol,
+            "sec_type": p.sec_type, "right": p.right or None, "strike": p.strike,
+            "expiry": p.expiry.isoformat() if p.expiry else None, "multiplier": p.multiplier, "qty": p.qty,
+            "avg_cost": p.avg_cost, "market_price": mark, "pnl_usd": pnl, "moneyness": moneyness,
+            "greeks": greeks, "managed": p.managed, "hedge_shares": p.data.get("hedge_shares"),
+            "manual_shares": p.data.get("manual_shares"), "updated_at": p.updated_at.isoformat(),
+        })
+    return rows
+
+
+def account_get() -> dict[str, Any] | None:
+    from trading.models import AccountSnapshot
+
+    snap = AccountSnapshot.objects.first()
+    if snap is None:
+        return None
+    return {
+        "account": snap.account,
+        "net_liquidation": _num(snap.net_liquidation),
+        "buying_power": _num(snap.buying_power),
+        "maintenance_margin": _num(snap.maintenance_margin),
+        "cash": _num(snap.cash),
+        "fetched_at": snap.ts.isoformat(),
+    }
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None else float(value)

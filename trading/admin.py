@@ -25,6 +25,7 @@ from trading.models import (
 admin.site.site_header = "Bifrost control room"
 admin.site.site_title = "Bifrost"
 admin.site.index_title = "Operations"
+admin.site.site_url = "/"  # "View site" leads to the lamp page
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -79,11 +80,33 @@ class DecisionAdmin(ReadOnlyAdmin):
 
 
 @admin.register(ControlCommand)
-class ControlCommandAdmin(ReadOnlyAdmin):
+class ControlCommandAdmin(admin.ModelAdmin):
+    """Commands are queued here through the same service as the API; once queued they are evidence."""
+
     list_display = ("created_at", "command", "state", "created_by", "source", "reason", "result", "acked_at",
                     "done_at")
     list_filter = ("command", "state", "source")
     search_fields = ("reason", "result", "created_by")
+    fields = ("command", "reason")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        from monitor.permissions import is_operator
+
+        return is_operator(request.user)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and self.has_add_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: ControlCommand, form: Any, change: bool) -> None:
+        from trading.services import control_command_create
+
+        created = control_command_create(command=obj.command, reason=obj.reason, user=request.user.get_username(),
+                                         source="admin")
+        obj.pk = created.pk
+        obj.state = created.state
 
 
 @admin.register(StrategyConfig)

@@ -1,0 +1,244 @@
+"""The DRF API of DESIGN §6: status, history lists, positions, account and control. Views parse, call one
+service or selector, and render."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Q, QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.generics import ListAPIView
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+
+from monitor.permissions import CanOperate, CanView
+from monitor.selectors import account_get, positions_list, status_payload_get
+from trading.errors import ControlCommandError
+from trading.models import ControlCommand, Decision, Fill, Operation, Order
+from trading.services import control_command_create
+
+MAX_LIMIT = 1000
+
+
+class HistoryPagination(CursorPagination):
+    """Newest first by the view's time field, with the id breaking ties so no row is skipped or repeated."""
+
+    page_size = 100
+    page_size_query_param = "limit"
+    max_page_size = MAX_LIMIT
+
+    def get_ordering(self, request: Request, queryset: QuerySet[Any], view: Any) -> tuple[str, ...]:
+        return (f"-{view.time_field}", "-id")
+
+
+class HistoryFilterSerializer(serializers.Serializer):
+    since = serializers.DateTimeField(required=False)
+    until = serializers.DateTimeField(required=False)
+    kind = serializers.ListField(child=serializers.CharField(max_length=40), required=False)
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=MAX_LIMIT)
+    cursor = serializers.CharField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("since") and attrs.get("until") and attrs["since"] > attrs["until"]:
+            raise ValidationError({"until": ["must not be before since"]})
+        return attrs
+
+
+_HISTORY_PARAMS = [
+    OpenApiParameter("since", OpenApiTypes.DATETIME, description="ISO 8601, inclusive"),
+    OpenApiParameter("until", OpenApiTypes.DATETIME, description="ISO 8601, exclusive"),
+    OpenApiParameter("kind", OpenApiTypes.STR, many=True, description="repeatable"),
+    OpenApiParameter("limit", OpenApiTypes.INT, description=f"page size, at most {MAX_LIMIT}"),
+]
+
+
+class HistoryListApi(ListAPIView):
+    """Newest first, cursor-paginated, filtered by time and `kind` (what `kind` means is per list)."""
+
+    permission_classes = [CanView]
+    pagination_class = HistoryPagination
+    model: type[Any]
+    time_field: str
+    kind_field: str
+
+    def get_queryset(self) -> QuerySet[Any]:
+        params = {k: v for k, v in self.request.query_params.items() if k != "kind"}
+        kinds = self.request.query_params.getlist("kind")
+        if kinds:
+            params["kind"] = kinds
+        filters = HistoryFilterSerializer(data=params)
+        filters.is_valid(raise_exception=True)
+        data = filters.validated_data
+        qs = self.model.objects.all()
+        if "since" in data:
+            qs = qs.filter(**{f"{self.time_field}__gte": data["since"]})
+        if "until" in data:
+            qs = qs.filter(**{f"{self.time_field}__lt": data["until"]})
+        if data.get("kind"):
+            qs = self.filter_kind(qs, data["kind"])
+        return qs
+
+    def filter_kind(self, qs: QuerySet[Any], kinds: list[str]) -> QuerySet[Any]:
+        return qs.filter(**{f"{self.kind_field}__in": kinds})
+
+
+class OperationListApi(HistoryListApi):
+    class OutputSerializer(serializers.ModelSerializer):
+        class Meta:
+            model = Operation
+            ref_name = "Operation"
+            fields = ["id", "ts", "kind", "actor", "message", "order_ref", "side", "qty", "price", "reasons",
+                      "trading_state", "params_hash", "data"]
+
+    model, time_field, kind_field = Operation, "ts", "kind"
+    serializer_class = OutputSerializer
+
+    @extend_schema(parameters=_HISTORY_PARAMS, summary="The operations log; kind = operation kind")
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class OrderListApi(HistoryListApi):
+    class OutputSerializer(serializers.ModelSerializer):
+        class Meta:
+            model = Order
+            ref_name = "Order"
+            fields = ["id", "order_ref", "intent", "symbol", "side", "qty", "order_type", "limit_price", "state",
+                      "filled_qty", "avg_price", "message", "spot_at_decision", "params_hash", "created_at",
+                      "updated_at"]
+
+    model, time_field, kind_field = Order, "created_at", "intent"
+    serializer_class = OutputSerializer
+
+    @extend_schema(parameters=_HISTORY_PARAMS, summary="Bifrost's orders; kind = intent (hedge, flatten)")
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class FillListApi(HistoryListApi):
+    class OutputSerializer(serializers.ModelSerializer):
+        class Meta:
+            model = Fill
+            ref_name = "Fill"
+            fields = ["id", "exec_id", "order_ref", "symbol", "side", "qty", "price", "commission", "ts"]
+
+    model, time_field, kind_field = Fill, "ts", "side"
+    serializer_class = OutputSerializer
+
+    @extend_schema(parameters=_HISTORY_PARAMS, summary="Confirmed executions; kind = side (BUY, SELL)")
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class DecisionListApi(HistoryListApi):
+    class OutputSerializer(serializers.ModelSerializer):
+        state = serializers.CharField(source="trading_state")
+
+        class Meta:
+            model = Decision
+            ref_name = "Decision"
+            fields = ["id", "ts", "allowed", "reasons", "intent_shares", "net_delta_shares", "spot", "state",
+                      "classification", "order_ref", "params_hash"]
+
+    model, time_field, kind_field = Decision, "ts", "reasons"
+    serializer_class = OutputSerializer
+
+    def filter_kind(self, qs: QuerySet[Any], kinds: list[str]) -> QuerySet[Any]:
+        """kind = `allowed`, `blocked` or a block reason (any of them matches)."""
+        match = Q()
+        for kind in kinds:
+            if kind in ("allowed", "blocked"):
+                match |= Q(allowed=kind == "allowed")
+            else:  # JSON containment is not portable to SQLite: match the quoted code in the stored text
+                match |= Q(reasons__icontains=f'"{kind}"')
+        return qs.filter(match)
+
+    @extend_schema(parameters=_HISTORY_PARAMS,
+                   summary="Every evaluated hedge; kind = a block reason, or allowed / blocked")
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class StatusGetApi(APIView):
+    permission_classes = [CanView]
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="Lamp, verdict, every reason and check, key figures")
+    def get(self, request: Request) -> Response:
+        return Response(status_payload_get())
+
+
+class PositionListApi(APIView):
+    permission_classes = [CanView]
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT},
+                   summary="Account positions with mark, P&L, moneyness, greeks and the managed flag")
+    def get(self, request: Request) -> Response:
+        return Response({"results": positions_list()})
+
+
+class AccountGetApi(APIView):
+    permission_classes = [CanView]
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="Account summary and when it was fetched")
+    def get(self, request: Request) -> Response:
+        account = account_get()
+        if account is None:
+            raise NotFound("no account summary has been fetched from the broker yet")
+        return Response(account)
+
+
+class ControlCommandOutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ControlCommand
+        ref_name = "ControlCommand"
+        fields = ["id", "command", "state", "result", "reason", "created_by", "created_at", "acked_at", "done_at"]
+
+
+class ControlCommandCreateApi(APIView):
+    permission_classes = [CanOperate]
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "control"
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ControlCommandInput"
+
+        command = serializers.CharField(max_length=40)
+        reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+
+    @extend_schema(request=InputSerializer, responses={201: ControlCommandOutputSerializer},
+                   summary="Queue a control command (start is carried out through supervisord)")
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            cmd = control_command_create(command=data.validated_data["command"], reason=data.validated_data["reason"],
+                                         user=request.user.get_username(), source="api")
+        except ControlCommandError as exc:
+            raise ValidationError({exc.field: [exc.reason]}) from exc
+        return Response(ControlCommandOutputSerializer(cmd).data, status=status.HTTP_201_CREATED)
+
+
+class ControlCommandGetApi(APIView):
+    permission_classes = [CanView]
+
+    @extend_schema(responses={200: ControlCommandOutputSerializer})
+    def get(self, request: Request, command_id: int) -> Response:
+        cmd = ControlCommand.objects.filter(pk=command_id).first()
+        if cmd is None:
+            raise NotFound(f"no control command {command_id}")
+        return Response(ControlCommandOutputSerializer(cmd).data)
+
+
+class StatsGetApi(APIView):
+    permission_classes = [CanView]
+
+    @extend_schema(responses={501: inline_serializer("NotYet", {"detail": serializers.CharField()})})
+    def get(self, request: Request) -> Response:
+        return Response({"detail": "statistics are not available yet: they arrive with the backtests issue"},
+                        status=status.HTTP_501_NOT_IMPLEMENTED)

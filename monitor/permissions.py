@@ -1,0 +1,33 @@
+"""Who may read and who may steer: the `viewer` and `operator` groups (superusers pass both)."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+VIEWER, OPERATOR = "viewer", "operator"
+
+
+def is_operator(user: AbstractBaseUser | AnonymousUser) -> bool:
+    return bool(user.is_authenticated and (user.is_superuser or user.groups.filter(name=OPERATOR).exists()))
+
+
+def is_viewer(user: AbstractBaseUser | AnonymousUser) -> bool:
+    return bool(user.is_authenticated and (
+        user.is_superuser or user.groups.filter(name__in=(VIEWER, OPERATOR)).exists()))
+
+
+class CanView(BasePermission):
+    message = "reading needs the viewer or operator role"
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return is_viewer(request.user)
+
+
+class CanOperate(BasePermission):
+    message = "control needs the operator role"
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return is_operator(request.user)

@@ -1,0 +1,21 @@
+"""API routes (DESIGN §6) and the lamp page."""
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from monitor import api, views
+
+urlpatterns = [
+    path("", views.lamp_page, name="lamp"),
+    path("api/status/", api.StatusGetApi.as_view(), name="api-status"),
+    path("api/operations/", api.OperationListApi.as_view(), name="api-operations"),
+    path("api/orders/", api.OrderListApi.as_view(), name="api-orders"),
+    path("api/fills/", api.FillListApi.as_view(), name="api-fills"),
+    path("api/decisions/", api.DecisionListApi.as_view(), name="api-decisions"),
+    path("api/positions/", api.PositionListApi.as_view(), name="api-positions"),
+    path("api/account/", api.AccountGetApi.as_view(), name="api-account"),
+    path("api/control/", api.ControlCommandCreateApi.as_view(), name="api-control"),
+    path("api/control/<int:command_id>/", api.ControlCommandGetApi.as_view(), name="api-control-detail"),
+    path("api/stats/", api.StatsGetApi.as_view(), name="api-stats"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+]

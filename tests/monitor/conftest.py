@@ -1,0 +1,59 @@
+"""Users in each role, and API clients authenticated with their tokens."""
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Group, User
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    """Throttle counters live in the cache: each test starts with none."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+def _user(name: str, group: str | None) -> User:
+    user = User.objects.create_user(name, password="pw-" + name)
+    if group:
+        user.groups.add(Group.objects.get(name=group))
+    return user
+
+
+def _client(user: User | None) -> APIClient:
+    client = APIClient()
+    if user is not None:
+        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+@pytest.fixture
+def viewer(db) -> User:
+    return _user("vera", "viewer")
+
+
+@pytest.fixture
+def operator(db) -> User:
+    return _user("otto", "operator")
+
+
+@pytest.fixture
+def anonymous_api(db) -> APIClient:
+    return _client(None)
+
+
+@pytest.fixture
+def viewer_api(viewer) -> APIClient:
+    return _client(viewer)
+
+
+@pytest.fixture
+def operator_api(operator) -> APIClient:
+    return _client(operator)
+
+
+@pytest.fixture
+def nobody_api(db) -> APIClient:
+    return _client(_user("nadia", None))
