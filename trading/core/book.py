@@ -88,7 +88,7 @@ class ManagedBook:
         delta = gamma = theta = vega = 0.0
         valid = spot > 0 and math.isfinite(spot)
         fallbacks = 0
-        t_by_expiry: dict[date, float] = {}  # the legs of a straddle share an expiry: one time zone sum each
+        t_by_expiry: dict[date, float] = {}  # a straddle's two legs share one expiry
         for leg in self.legs.values():
             c = leg.contract
             assert c.right is not None and c.strike is not None and c.expiry is not None

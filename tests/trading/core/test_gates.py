@@ -45,7 +45,7 @@ def _clear(**changes: object) -> GateState:
         last_hedge_price=None,
         last_hedge_at=None,
     )
-    return dataclasses.replace(state, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(state, **changes)
 
 
 def _counters(daily_hedges: int = 0) -> Counters:

@@ -21,7 +21,7 @@ def _gate(**changes: object) -> GateState:
         order_in_flight=False, spot=180.0, net_delta_shares=3.0, hedge_shares=0.0, last_hedge_price=None,
         last_hedge_at=None,
     )
-    return dataclasses.replace(gate, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(gate, **changes)
 
 
 def _check(gate: GateState | None = None, daily_hedges: int = 0, **view: object) -> SelfCheck:
@@ -29,7 +29,7 @@ def _check(gate: GateState | None = None, daily_hedges: int = 0, **view: object)
         "gate": gate or _gate(), "daemon_state": "running", "daily_pnl_usd": 0.0, "iv_fallback_legs": 0,
         "oldest_working_order_s": None, "unknown_orders": 0, **view,
     }
-    return self_check(HealthView(**fields), PARAMS, Counters(date(2026, 3, 10), daily_hedges))  # type: ignore[arg-type]
+    return self_check(HealthView(**fields), PARAMS, Counters(date(2026, 3, 10), daily_hedges))
 
 
 def _status(check: SelfCheck, reason: str) -> str:
