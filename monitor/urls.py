@@ -1,4 +1,5 @@
 """API routes (DESIGN §6) and the lamp page."""
+from django.contrib.auth import views as auth_views
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -6,6 +7,8 @@ from monitor import api, views
 
 urlpatterns = [
     path("", views.lamp_page, name="lamp"),
+    path("login/", auth_views.LoginView.as_view(template_name="monitor/login.html"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(next_page="/login/"), name="logout"),
     path("api/status/", api.StatusGetApi.as_view(), name="api-status"),
     path("api/operations/", api.OperationListApi.as_view(), name="api-operations"),
     path("api/orders/", api.OrderListApi.as_view(), name="api-orders"),

@@ -7,7 +7,9 @@ os.environ.setdefault("BIFROST_VAR_DIR", tempfile.mkdtemp(prefix="bifrost-test-"
 
 from bifrost.settings import *  # noqa: E402,F403
 
-PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Fast hashes for tests; PBKDF2 too, for users that real server processes must be able to log in.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher",
+                    "django.contrib.auth.hashers.PBKDF2PasswordHasher"]
 
 # A file, not memory: end-to-end tests run the daemon as a real process against this same test database.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
