@@ -13,3 +13,9 @@ def test_admin_login_page_answers(client):
     response = client.get("/admin/login/")
 
     assert response.status_code == 200
+
+
+def test_the_viewer_and_operator_roles_come_with_the_migrations():
+    from django.contrib.auth.models import Group
+
+    assert set(Group.objects.values_list("name", flat=True)) >= {"viewer", "operator"}

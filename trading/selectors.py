@@ -38,6 +38,8 @@ def engine_seed_load(*, today: date) -> EngineSeed:
     todays = Order.objects.filter(intent="hedge", created_at__gte=day_start)
     last_order = Order.objects.filter(intent="hedge").order_by("-created_at").first()
     refs = Order.objects.values_list("order_ref", flat=True)
+    last = StatusCurrent.objects.filter(id=1).first()
+    last_pnl = last.payload.get("pnl", {}) if last else {}
     return EngineSeed(
         paused=control.paused,
         halt_reason=control.halt_reason if control.halted else "",
@@ -52,6 +54,8 @@ def engine_seed_load(*, today: date) -> EngineSeed:
         daily_hedges=todays.count(),
         last_hedge_at=last_order.created_at if last_order else None,
         last_hedge_price=last_price,
+        daily_pnl_usd=float(last_pnl.get("daily_usd") or 0.0) if last_pnl.get("trading_date") == today.isoformat()
+        else 0.0,
     )
 
 

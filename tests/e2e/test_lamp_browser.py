@@ -133,7 +133,7 @@ def test_operator_pauses_resumes_sees_a_dead_daemon_and_starts_it_again(system, 
     user = User.objects.create_user("olga")
     user.password = make_password("lamp-test-pw", hasher="pbkdf2_sha256")  # the web process's own hasher
     user.save()
-    user.groups.add(Group.objects.get(name="operator"))
+    user.groups.add(Group.objects.get_or_create(name="operator")[0])
     browser.get(f"{system['url']}/login/?next=/")
     browser.find_element("id", "id_username").send_keys("olga")
     browser.find_element("id", "id_password").send_keys("lamp-test-pw\n")

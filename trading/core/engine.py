@@ -116,7 +116,7 @@ class EngineSeed:
     daily_hedges: int = 0
     last_hedge_at: datetime | None = None
     last_hedge_price: float | None = None
-    day_start_total_usd: float | None = None
+    daily_pnl_usd: float = 0.0  # P&L already made today (US/Eastern) before this start
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,12 +174,12 @@ class Engine:
         self.counters = Counters(trading_date(self.now), s.daily_hedges)
         self.last_hedge_at = s.last_hedge_at
         self.last_hedge_price = s.last_hedge_price
+        self.last_reject_at: datetime | None = None
         self.pnl = PnlLedger(trading_date(self.now))
         hedge = self.pnl.holding(HEDGE_KEY)
         hedge.qty, hedge.avg_cost, hedge.realized_usd = s.hedge_shares, s.hedge_avg_cost, s.hedge_realized_usd
         self.pnl.commissions_usd = s.commissions_usd
-        self._day_start_pending = s.day_start_total_usd
-        self._day_start_unknown = s.day_start_total_usd is None
+        self._day_start_unknown = True
         self.classification = Classification("O0", "D4", "L3", "E3", "S2")
         self.last_decision: DecisionView | None = None
         self._recorded_decision: tuple[tuple[str, ...], float, datetime] | None = None
@@ -338,13 +338,10 @@ class Engine:
             self._mark(spot, now)
         elif not self.book.legs:
             self.greeks = BookGreeks(0.0, 0.0, 0.0, 0.0, spot is not None, 0)
-        if self._day_start_pending is not None:
-            self.pnl.day_start_total_usd = self._day_start_pending
-            self._day_start_pending = None
-        elif self._day_start_unknown and self.positions_synced and spot is not None:
-            # Nothing persisted today's opening total: the day counts from the first full mark, not from the
-            # cost basis of legs held for weeks and the ledger's lifetime fills (they would trip the breaker).
-            self.pnl.day_start_total_usd = self.pnl.total_usd
+        if self._day_start_unknown and self.positions_synced and spot is not None:
+            # The day counts from the first full mark, not from the cost basis of legs held for weeks and the
+            # ledger's lifetime fills (they would trip the breaker); P&L made today before a restart still counts.
+            self.pnl.day_start_total_usd = self.pnl.total_usd - self.seed.daily_pnl_usd
             self._day_start_unknown = False
         self._check_loss_breaker(actions)
         gate = self.gate_state(now)
@@ -480,6 +477,8 @@ class Engine:
                     record: bool = True) -> None:
         before = track.state
         track.state = order_transition(track.state, trigger)
+        if track.state == OrderState.REJECTED and before != OrderState.REJECTED:
+            self.last_reject_at = self.now
         if track.state in ORDER_TERMINAL:
             self._live.pop(track.order_ref, None)
         if track.state == OrderState.WORKING and track.acked_at is None:
@@ -550,6 +549,7 @@ class Engine:
             hedge_shares=self.book.hedge_shares,
             last_hedge_price=self.last_hedge_price,
             last_hedge_at=self.last_hedge_at,
+            last_reject_at=self.last_reject_at,
         )
 
     def self_check(self, daemon_state: str, config_error: str = "") -> SelfCheck:

@@ -31,6 +31,8 @@ GATE_REASONS: tuple[str, ...] = (
 # Reasons that depend on the particular hedge (its size, its timing) rather than on the state of the system:
 # they are normal between hedges and do not turn the lamp red.
 PER_HEDGE_REASONS = frozenset({"cooldown", "min_price_move", "order_in_flight", "below_min_hedge", "max_position"})
+# After a rejected order nothing is sent for at least this long, whatever the delta.
+REJECT_BACKOFF_S = 5.0
 COST_REASONS = frozenset({"cooldown", "min_price_move", "below_min_hedge"})
 LIQUIDITY_REASONS = frozenset({"spread_too_wide"})
 
@@ -56,6 +58,7 @@ class GateState:
     hedge_shares: float
     last_hedge_price: float | None
     last_hedge_at: datetime | None
+    last_reject_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -148,6 +151,9 @@ def evaluate_gates(state: GateState, params: StrategyParams, counters: Counters,
     """Size the hedge and check every gate; `reasons` lists all failing gates in GATE_REASONS order."""
     size = size_hedge(state.net_delta_shares, state.hedge_shares, params)
     failing = set(standing_reasons(state, params, counters))
+    if state.last_reject_at is not None and (now - state.last_reject_at).total_seconds() < max(
+            params.cooldown_s, REJECT_BACKOFF_S):
+        failing.add("cooldown")  # even a force hedge waits after a rejection: no retry storm
     if not size.force:
         if state.last_hedge_at is not None and (now - state.last_hedge_at).total_seconds() < params.cooldown_s:
             failing.add("cooldown")

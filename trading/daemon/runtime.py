@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 
 from trading import selectors, services
-from trading.brokers.base import Broker
+from trading.brokers.base import Broker, PositionMark
 from trading.core.calendar import AlwaysOpenCalendar, TradingCalendar, trading_date
 from trading.core.engine import ENGINE_VERSION, Engine
 from trading.core.events import (
@@ -80,7 +80,8 @@ class Daemon:
         self._flatten_command: int | None = None
         self._stop_command: int | None = None
         self._account: dict[str, Any] = {}
-        self._positions: list[dict[str, Any]] = []
+        self._marks: list[PositionMark] = []
+        self._positions_stale = False
         self.engine: Engine | None = None
         self.config: StrategyConfig | None = None
         self.lease_token = ""
@@ -185,6 +186,8 @@ class Daemon:
                     self._history_due = True
                 elif action.kind == "managed_leg":
                     self._spawn(self._subscribe(), "order-io")  # a newly adopted leg needs its quotes
+                if action.kind in ("fill", "managed_leg"):
+                    self._positions_stale = True  # refreshed at the next heartbeat
             elif isinstance(action, Halt):
                 self.sink.put("control_state", {"halted": True, "halt_reason": action.reason})
 
@@ -261,20 +264,34 @@ class Daemon:
         await self.broker.subscribe(self.engine.params.underlying,
                                     [leg.contract for leg in self.engine.book.legs.values()])
 
-    async def _refresh_account(self) -> None:
+    async def _refresh_positions(self) -> None:
         assert self.engine is not None
         now = self.clock()
-        marks = await self.broker.positions()
-        self._dispatch(PositionsSynced(tuple(m.position for m in marks), now))
+        self._positions_stale = False
+        self._marks = await self.broker.positions()
+        self._dispatch(PositionsSynced(tuple(m.position for m in self._marks), now))
+        self.sink.put("positions", {"ts": now.isoformat(), "account": self._account.get("account", ""),
+                                    "positions": self._positions_json()})
+
+    async def _refresh_positions_between_syncs(self) -> None:
+        try:
+            await self._refresh_positions()
+        except (BrokerError, OSError, ConnectionError, TimeoutError) as exc:
+            self._operation("broker", f"positions refresh failed: {exc}")
+
+    def _positions_json(self) -> list[dict[str, Any]]:
+        """Account positions as shown: managed flags and the hedge/manual split as the engine knows them now."""
+        assert self.engine is not None
         managed = set(self.engine.book.legs)
-        self._positions = [_position_json(m.position, m.market_price, m.position.contract.con_id in managed,
-                                          self.engine.params.underlying, self.engine.book.hedge_shares)
-                           for m in marks]
+        return [_position_json(m.position, m.market_price, m.position.contract.con_id in managed,
+                               self.engine.params.underlying, self.engine.book.hedge_shares) for m in self._marks]
+
+    async def _refresh_account(self) -> None:
         summary = await self.broker.account_summary()
         self._account = {"account": summary.account, "net_liquidation": summary.net_liquidation,
                          "buying_power": summary.buying_power, "maintenance_margin": summary.maintenance_margin,
                          "cash": summary.cash, "fetched_at": summary.ts.isoformat()}
-        self.sink.put("positions", {"ts": now.isoformat(), "account": summary.account, "positions": self._positions})
+        await self._refresh_positions()
         self.sink.put("account", {"ts": summary.ts.isoformat(), **{k: v for k, v in self._account.items()
                                                                   if k != "fetched_at"}})
 
@@ -285,6 +302,8 @@ class Daemon:
             now = self.clock()
             self._dispatch(Timer(now))
             self._finish_flatten_if_done()
+            if self._positions_stale and self.broker.connected:
+                self._spawn(self._refresh_positions_between_syncs(), "order-io")
             due = self._last_history is None or (now - self._last_history).total_seconds() >= self.history_s
             self._publish_status(now, history=due or self._history_due)
             self.sink.put("lease", {"token": self.lease_token, "ts": now.isoformat()})
@@ -319,7 +338,7 @@ class Daemon:
                        "engine_version": ENGINE_VERSION, "db_degraded": self.sink.degraded},
             **view,
             "config": {"name": config.name if config else "", "params_hash": engine.params_hash},
-            "account": {**self._account, "positions": self._positions},
+            "account": {**self._account, "positions": self._positions_json()},
             "ts": now.isoformat(),
         }
 

@@ -710,3 +710,16 @@ def test_the_same_events_give_the_same_actions() -> None:
 
     assert first == second
     assert len(placed(first)) > 5
+
+
+def test_a_rejected_force_hedge_is_not_retried_on_every_quote() -> None:
+    h = started(force_hedge_shares=50, hedge_threshold_shares=25, cooldown_s=0, min_price_move_bps=0)
+    order = placed(h.quote(SPOT))[0]
+    h.ack(order)
+
+    h.update(order, "rejected", message="margin")
+    retries = [placed(h.quote(SPOT + 0.01 * i, after_s=0.5)) for i in range(8)]  # 4 s of forced delta
+    later = placed(h.quote(SPOT, after_s=2.0))
+
+    assert all(r == [] for r in retries)
+    assert len(later) == 1  # after the backoff the hedge is tried again, once
