@@ -115,8 +115,13 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 MEDIA_ROOT = VAR_DIR / "media"
 
-SESSION_COOKIE_SECURE = not DEBUG and _env_bool("BIFROST_SECURE_COOKIES", False)
+# Secure cookies outside DEBUG. Browsers accept them from http://127.0.0.1 and localhost; a LAN address over
+# plain HTTP needs TLS in front, or BIFROST_INSECURE_COOKIES=1 as a deliberate choice.
+SESSION_COOKIE_SECURE = not DEBUG and not _env_bool("BIFROST_INSECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 
@@ -171,6 +176,7 @@ BIFROST_HEARTBEAT_S = _env_float("BIFROST_HEARTBEAT_S", 1.0)
 BIFROST_HISTORY_S = _env_float("BIFROST_HISTORY_S", 10.0)
 BIFROST_COMMAND_TTL_S = _env_float("BIFROST_COMMAND_TTL_S", 300.0)
 BIFROST_BIND = os.environ.get("BIFROST_BIND", "127.0.0.1:8000")
+BIFROST_WEB_PROCESSES = int(os.environ.get("BIFROST_WEB_PROCESSES", "2"))
 BIFROST_JOURNAL_PATH = Path(os.environ.get("BIFROST_JOURNAL_PATH", VAR_DIR / "journal.jsonl"))
 BIFROST_SIM_STATE_PATH = Path(os.environ.get("BIFROST_SIM_STATE_PATH", VAR_DIR / "sim_account.json"))
 BIFROST_SIM_SEED = int(os.environ.get("BIFROST_SIM_SEED", "7"))

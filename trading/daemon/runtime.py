@@ -67,7 +67,9 @@ class Daemon:
         self.clock = clock
         self.heartbeat_s = heartbeat_s or settings.BIFROST_HEARTBEAT_S
         self.history_s = history_s or settings.BIFROST_HISTORY_S
-        self.sink = Sink(services.records_write, settings.BIFROST_JOURNAL_PATH)
+        self.sink = Sink(services.records_write, settings.BIFROST_JOURNAL_PATH,
+                         on_written=self._tell_the_web if settings.REDIS_URL else None)
+        self._web_unreachable = False
         self.state = DaemonState.STARTING
         self.stop_requested = False  # once set, no new order leaves, whatever the engine says
         self.stop_reason = ""
@@ -405,6 +407,21 @@ class Daemon:
         else:
             self._finish(self._flatten_command, "rejected", f"flatten incomplete: {shares:g} hedge shares remain")
         self._flatten_command = None
+
+    async def _tell_the_web(self, kinds: set[str]) -> None:
+        """With Redis, a written status wakes every lamp page at once instead of at its next poll."""
+        if "status" not in kinds:
+            return
+        from channels.layers import get_channel_layer
+        from redis.exceptions import RedisError
+
+        try:
+            await get_channel_layer().group_send("status", {"type": "status.changed"})
+            self._web_unreachable = False
+        except (OSError, RedisError) as exc:
+            if not self._web_unreachable:
+                log.warning("could not notify the web through Redis (pages still poll): %s", exc)
+            self._web_unreachable = True
 
     async def _listen_loop(self) -> None:
         """PostgreSQL: a NOTIFY on bifrost_control wakes the control poll at once (sub-100 ms commands)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,10 @@ def _write_in_db_thread(write: Writer, batch: Sequence[RecordTuple]) -> None:
 
 
 class Sink:
-    def __init__(self, write: Writer, journal_path: Path, retry_s: float = 2.0) -> None:
+    def __init__(self, write: Writer, journal_path: Path, retry_s: float = 2.0,
+                 on_written: Callable[[set[str]], Awaitable[None]] | None = None) -> None:
         self._write = sync_to_async(lambda batch: _write_in_db_thread(write, batch))
+        self._on_written = on_written
         self.journal_path = journal_path
         self.retry_s = retry_s
         self.queue: asyncio.Queue[RecordTuple] = asyncio.Queue()
@@ -62,6 +64,8 @@ class Sink:
         try:
             await self._write(batch)
             self.written += len(batch)
+            if self._on_written is not None:
+                await self._on_written({kind for kind, _ in batch})
             if self.degraded:
                 log.warning("database is back; sink no longer degraded")
             self.degraded = False
