@@ -66,11 +66,25 @@ class FillAdmin(ReadOnlyAdmin):
     date_hierarchy = "ts"
 
 
+class ReasonFilter(admin.SimpleListFilter):
+    title = "block reason"
+    parameter_name = "reason"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        from trading.core.gates import GATE_REASONS
+
+        return [(r, r) for r in GATE_REASONS]
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        # JSON containment is not portable to SQLite: match the quoted code in the stored list.
+        return queryset.filter(reasons__icontains=f'"{self.value()}"') if self.value() else queryset
+
+
 @admin.register(Decision)
 class DecisionAdmin(ReadOnlyAdmin):
     list_display = ("ts", "allowed", "reasons_text", "intent_shares", "net_delta_shares", "spot", "trading_state",
                     "classification", "order_ref")
-    list_filter = ("allowed", "trading_state", ("ts", admin.DateFieldListFilter))
+    list_filter = ("allowed", ReasonFilter, "trading_state", ("ts", admin.DateFieldListFilter))
     search_fields = ("order_ref", "classification")
     date_hierarchy = "ts"
 

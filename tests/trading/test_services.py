@@ -165,3 +165,35 @@ def test_every_admin_page_answers(admin_client):
         opts = model._meta
         response = admin_client.get(f"/admin/{opts.app_label}/{opts.model_name}/")
         assert response.status_code == 200, opts.model_name
+
+
+def test_a_fresh_lease_is_refused_naming_its_holder_and_a_stale_one_is_taken_over():
+    from trading.errors import LeaseHeldError
+    from trading.models import DaemonLease
+    from trading.services import lease_acquire
+
+    now = timezone.now()
+    first = lease_acquire(mode="sim", heartbeat_s=1.0, now=now)
+
+    with pytest.raises(LeaseHeldError) as held:
+        lease_acquire(mode="sim", heartbeat_s=1.0, now=now + timedelta(seconds=2))
+    taken = lease_acquire(mode="sim", heartbeat_s=1.0, now=now + timedelta(seconds=3.5))
+
+    assert first.owner in str(held.value)
+    assert taken.token != first.token
+    assert DaemonLease.objects.count() == 1
+    assert Operation.objects.filter(kind="lease_takeover").exists()
+
+
+def test_admin_filters_decisions_by_block_reason(admin_client):
+    from trading.models import Decision
+
+    now = timezone.now()
+    Decision.objects.create(ts=now, allowed=False, reasons=["cooldown"], intent_shares=30, net_delta_shares=-30,
+                            trading_state="pause_cost")
+    Decision.objects.create(ts=now, allowed=False, reasons=["paused"], intent_shares=30, net_delta_shares=-30,
+                            trading_state="no_trade")
+
+    changelist = admin_client.get("/admin/trading/decision/?reason=paused").context["cl"]
+
+    assert [d.reasons for d in changelist.result_list] == [["paused"]]
