@@ -64,10 +64,12 @@ class ManagedBook:
 
     legs: dict[int, Leg] = field(default_factory=dict)
     hedge_shares: float = 0.0
+    _has_options: bool = False
 
     def adopt(self, contract: Contract, qty: float, avg_cost: float | None) -> Leg:
         leg = Leg(contract=contract, qty=qty, avg_cost=avg_cost)
         self.legs[contract.con_id] = leg
+        self._recount()
         return leg
 
     def sync_quantities(self, positions: tuple[BrokerPosition, ...]) -> None:
@@ -78,10 +80,15 @@ class ManagedBook:
             leg.qty = position.qty if position is not None else 0.0
             if position is not None and position.avg_cost is not None:
                 leg.avg_cost = position.avg_cost
+        self._recount()
 
     @property
     def has_options(self) -> bool:
-        return any(leg.qty != 0 for leg in self.legs.values())
+        return self._has_options
+
+    def _recount(self) -> None:
+        # Quantities change only at adoption and position syncs; the hot path asks on every tick.
+        self._has_options = any(leg.qty != 0 for leg in self.legs.values())
 
     def compute_greeks(self, spot: float, now: datetime, params: StrategyParams) -> BookGreeks:
         """Reprice every leg at `spot`; IV per leg: broker model → solved from mid → params.fallback_vol."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
 from typing import Any, Protocol
 
 from trading.core.book import BookGreeks, ManagedBook, is_adoptable
-from trading.core.calendar import in_earnings_blackout, trading_date
+from trading.core.calendar import ET, in_earnings_blackout, trading_date
 from trading.core.classifier import (
     Classification,
     classify_delta,
@@ -172,6 +172,7 @@ class Engine:
         self.seen_exec_ids: set[str] = set(s.seen_exec_ids)
         self.seq = s.next_seq
         self.counters = Counters(trading_date(self.now), s.daily_hedges)
+        self._day_ends_at = _next_et_midnight(self.counters.trading_date)
         self.last_hedge_at = s.last_hedge_at
         self.last_hedge_price = s.last_hedge_price
         self.last_reject_at: datetime | None = None
@@ -670,7 +671,10 @@ class Engine:
         self.adopted = True
 
     def _roll_day(self, now: datetime, actions: list[Action]) -> None:
+        if now.timestamp() < self._day_ends_at:
+            return  # the common case, without a time-zone conversion on every tick
         today = trading_date(now)
+        self._day_ends_at = _next_et_midnight(today)
         if today == self.counters.trading_date:
             return
         self.counters = Counters(today)
@@ -692,6 +696,10 @@ class Engine:
         actions.append(Record("operation", {"ts": self.now.isoformat(), "kind": kind, "message": message,
                                             "trading_state": str(self.state), "params_hash": self.params_hash,
                                             **fields}))
+
+
+def _next_et_midnight(day: date) -> float:
+    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=ET).timestamp()
 
 
 def _valid_quote(bid: float, ask: float) -> bool:

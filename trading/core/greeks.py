@@ -1,9 +1,10 @@
 """Black-Scholes-Merton price, greeks, implied vol and time to expiry: math for the live tick, numpy for backtests."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import date, datetime, time
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -414,7 +415,12 @@ def year_fraction(expiry: date, now: datetime) -> float:
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"now must be timezone-aware, got naive {now.isoformat()}")
-    expires_at = datetime.combine(expiry, _EXPIRY_TIME, tzinfo=_EASTERN)
-    # Both sides to UTC first: subtracting two datetimes that share a tzinfo ignores their DST offsets.
-    seconds = (expires_at.astimezone(UTC) - now.astimezone(UTC)).total_seconds()
+    # POSIX seconds on both sides: immune to DST offsets, and the expiry instant is cached (live hot path).
+    seconds = expiry_instant(expiry) - now.timestamp()
     return seconds / SECONDS_PER_YEAR if seconds > 0.0 else 0.0
+
+
+@functools.lru_cache(maxsize=4096)
+def expiry_instant(expiry: date) -> float:
+    """POSIX seconds of 16:00 America/New_York on `expiry`, when an option stops having time value."""
+    return datetime.combine(expiry, _EXPIRY_TIME, tzinfo=_EASTERN).timestamp()
