@@ -71,30 +71,35 @@ def _pg_notify(command_id: int) -> None:
         cursor.execute("SELECT pg_notify('bifrost_control', %s)", [str(command_id)])
 
 
-def control_commands_claim(*, daemon_started_at: datetime, now: datetime) -> list[ControlCommand]:
-    """Take every pending command in order, stop first; expire the old ones. Claims are atomic updates."""
+def control_commands_due(*, daemon_started_at: datetime, now: datetime) -> list[ControlCommand]:
+    """Pending commands for the daemon in order, stop first; old ones are expired here instead of returned.
+
+    Claiming is separate (`control_command_ack`): the daemon applies a command's effect in its own loop first
+    and acks it after, so nothing the command forbids can happen after its ack."""
     ttl = timedelta(seconds=settings.BIFROST_COMMAND_TTL_S)
-    pending = list(ControlCommand.objects.filter(state=ControlCommand.State.PENDING).order_by("created_at", "id"))
-    claimed: list[ControlCommand] = []
+    pending = ControlCommand.objects.filter(state=ControlCommand.State.PENDING).exclude(
+        command=ControlCommand.Command.START)  # start belongs to the supervisor path, not to a running daemon
+    due: list[ControlCommand] = []
     for cmd in sorted(pending, key=lambda c: (c.command != ControlCommand.Command.STOP, c.created_at, c.pk)):
-        if cmd.command == ControlCommand.Command.START:
-            continue  # start belongs to the supervisor path, not to a running daemon
-        stale = cmd.created_at < daemon_started_at or now - cmd.created_at > ttl
-        if stale:
-            why = "created before this daemon started" if cmd.created_at < daemon_started_at else \
-                f"older than {ttl.total_seconds():g} s"
-            updated = ControlCommand.objects.filter(pk=cmd.pk, state=ControlCommand.State.PENDING).update(
-                state=ControlCommand.State.EXPIRED, result=f"expired: {why}", done_at=now)
-            if updated:
-                operation_log(kind="command_expired", message=f"{cmd.command} #{cmd.pk} expired: {why}",
-                              data={"command_id": cmd.pk})
+        if cmd.created_at < daemon_started_at:
+            why = "created before this daemon started"
+        elif now - cmd.created_at > ttl:
+            why = f"older than {ttl.total_seconds():g} s"
+        else:
+            due.append(cmd)
             continue
-        updated = ControlCommand.objects.filter(pk=cmd.pk, state=ControlCommand.State.PENDING).update(
-            state=ControlCommand.State.ACKED, acked_at=now)
-        if updated:
-            cmd.state, cmd.acked_at = ControlCommand.State.ACKED, now
-            claimed.append(cmd)
-    return claimed
+        expired = ControlCommand.objects.filter(pk=cmd.pk, state=ControlCommand.State.PENDING).update(
+            state=ControlCommand.State.EXPIRED, result=f"expired: {why}", done_at=now)
+        if expired:
+            operation_log(kind="command_expired", message=f"{cmd.command} #{cmd.pk} expired: {why}",
+                          data={"command_id": cmd.pk})
+    return due
+
+
+def control_command_ack(*, command_id: int, now: datetime) -> bool:
+    """Atomically move a command from pending to acked; False if someone else already took it."""
+    return ControlCommand.objects.filter(pk=command_id, state=ControlCommand.State.PENDING).update(
+        state=ControlCommand.State.ACKED, acked_at=now) == 1
 
 
 def control_command_finish(*, command_id: int, state: str, result: str, now: datetime | None = None) -> None:

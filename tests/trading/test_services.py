@@ -13,7 +13,8 @@ from trading.models import ControlCommand, ControlState, Fill, Operation, Order,
 from trading.selectors import engine_seed_load
 from trading.services import (
     control_command_create,
-    control_commands_claim,
+    control_command_ack,
+    control_commands_due,
     records_write,
     strategy_config_create,
     strategy_params_active,
@@ -81,7 +82,7 @@ def test_only_one_config_is_active_and_activation_is_audited():
     assert Operation.objects.filter(kind="config_activated").count() == 2
 
 
-def test_claim_takes_stop_first_and_expires_old_commands():
+def test_due_commands_come_stop_first_and_old_ones_expire():
     now = timezone.now()
     started = now - timedelta(seconds=10)
     before_start = control_command_create(command="pause", user="op")
@@ -91,22 +92,31 @@ def test_claim_takes_stop_first_and_expires_old_commands():
     pause = control_command_create(command="pause", user="op")
     stop = control_command_create(command="stop", user="op")
 
-    claimed = control_commands_claim(daemon_started_at=started - timedelta(seconds=400), now=now)
-    reclaimed = control_commands_claim(daemon_started_at=started - timedelta(seconds=400), now=now)
+    due = control_commands_due(daemon_started_at=started - timedelta(seconds=400), now=now)
 
-    assert [c.pk for c in claimed] == [stop.pk, before_start.pk, pause.pk]
-    assert reclaimed == []
+    assert [c.pk for c in due] == [stop.pk, before_start.pk, pause.pk]
     too_old.refresh_from_db()
     assert too_old.state == "expired" and "older than 300 s" in too_old.result
+
+
+def test_a_command_is_acked_once_only():
+    cmd = control_command_create(command="pause", user="op")
+
+    first = control_command_ack(command_id=cmd.pk, now=timezone.now())
+    second = control_command_ack(command_id=cmd.pk, now=timezone.now())
+
+    cmd.refresh_from_db()
+    assert (first, second) == (True, False)
+    assert cmd.state == "acked" and cmd.acked_at is not None
 
 
 def test_command_created_before_the_daemon_started_expires():
     cmd = control_command_create(command="flatten", user="op")
 
-    claimed = control_commands_claim(daemon_started_at=timezone.now(), now=timezone.now())
+    due = control_commands_due(daemon_started_at=timezone.now(), now=timezone.now())
 
     cmd.refresh_from_db()
-    assert claimed == []
+    assert due == []
     assert cmd.state == "expired" and "before this daemon started" in cmd.result
 
 

@@ -170,14 +170,11 @@ class Daemon:
         self._execute(self.engine.on_event(event, self.clock()))
 
     def _execute(self, actions: list[Action]) -> None:
+        suppressed: list[PlaceOrder] = []
         for action in actions:
             if isinstance(action, PlaceOrder):
-                if self.stop_requested:
-                    self.sink.put("operation", {"ts": self.clock().isoformat(), "kind": "order_suppressed",
-                                                "message": f"{action.order_ref} not sent: daemon is stopping",
-                                                "order_ref": action.order_ref, "reasons": ["stopping"]})
-                    self._dispatch(OrderUpdate(action.order_ref, "rejected", 0.0, None, self.clock(),
-                                               "not sent: daemon is stopping"))
+                if self.stop_requested:  # belt and braces: the engine's own `stopping` gate comes first
+                    suppressed.append(action)
                     continue
                 self._spawn(self._place(action), "order-io")
             elif isinstance(action, CancelOrder):
@@ -192,6 +189,12 @@ class Daemon:
                     self._positions_stale = True  # refreshed at the next heartbeat
             elif isinstance(action, Halt):
                 self.sink.put("control_state", {"halted": True, "halt_reason": action.reason})
+        for order in suppressed:  # after the order's own records, so its final state is the rejection
+            self.sink.put("operation", {"ts": self.clock().isoformat(), "kind": "order_suppressed",
+                                        "message": f"{order.order_ref} not sent: daemon is stopping",
+                                        "order_ref": order.order_ref, "reasons": ["stopping"]})
+            self._dispatch(OrderUpdate(order.order_ref, "rejected", 0.0, None, self.clock(),
+                                       "not sent: daemon is stopping"))
 
     async def _place(self, order: PlaceOrder) -> None:
         try:
@@ -348,43 +351,51 @@ class Daemon:
         failing = False
         while True:
             try:
-                commands = await db(services.control_commands_claim)(daemon_started_at=self.started_at,
-                                                                     now=self.clock())
+                for command in await db(services.control_commands_due)(daemon_started_at=self.started_at,
+                                                                       now=self.clock()):
+                    # Effect first, ack second: nothing a command forbids can happen after its ack.
+                    self._take_effect(command)
+                    if await db(services.control_command_ack)(command_id=command.pk, now=self.clock()):
+                        await self._carry_out(command)
                 failing = False
             except DatabaseError as exc:
                 if not failing:
                     log.error("control poll failed (retrying every heartbeat): %s", exc)
-                failing, commands = True, []
-            for command in commands:
-                await self._apply(command)
+                failing = True
             self._wake.clear()
             await self._sleep(self.heartbeat_s, self._wake)
 
-    async def _apply(self, command: ControlCommand) -> None:
+    def _take_effect(self, command: ControlCommand) -> None:
+        """What must hold before the command is acked: no order after stop, no hedge after pause or flatten."""
+        if command.command == "stop":
+            self.stop_requested = True
+            self._dispatch(Control("stop", actor=command.created_by, reason=command.reason))
+        elif command.command in ("pause", "resume", "reset_halt", "flatten"):
+            self._dispatch(Control(command.command, actor=command.created_by, reason=command.reason))
+
+    async def _carry_out(self, command: ControlCommand) -> None:
         assert self.engine is not None
         name, who = command.command, command.created_by
         self._operation("command_acked", f"{name} #{command.pk} acked", actor=who)
         if name == "stop":
             self._stop_command = command.pk
             self.request_stop(f"stop command #{command.pk} by {who}")
-        elif name in ("pause", "resume", "reset_halt", "flatten"):
-            self._dispatch(Control(name, actor=who, reason=command.reason))
-            if name == "pause":
-                self._daemon(DaemonTrigger.PAUSE)
-                self.sink.put("control_state", {"paused": True, "paused_reason": command.reason or f"paused by {who}"})
-                self._finish(command.pk, "done", "paused: no new hedge orders")
-            elif name == "resume":
-                self._daemon(DaemonTrigger.RESUME)
-                self.sink.put("control_state", {"paused": False, "paused_reason": ""})
-                self._finish(command.pk, "done", "resumed")
-            elif name == "reset_halt":
-                self.sink.put("control_state", {"halted": False, "halt_reason": ""})
-                self._finish(command.pk, "done", "risk halt reset")
-            else:
-                self._daemon(DaemonTrigger.PAUSE)
-                self.sink.put("control_state", {"paused": True, "paused_reason": f"flatten by {who}"})
-                self._flatten_command = command.pk
-                self._finish_flatten_if_done()
+        elif name == "pause":
+            self._daemon(DaemonTrigger.PAUSE)
+            self.sink.put("control_state", {"paused": True, "paused_reason": command.reason or f"paused by {who}"})
+            self._finish(command.pk, "done", "paused: no new hedge orders")
+        elif name == "resume":
+            self._daemon(DaemonTrigger.RESUME)
+            self.sink.put("control_state", {"paused": False, "paused_reason": ""})
+            self._finish(command.pk, "done", "resumed")
+        elif name == "reset_halt":
+            self.sink.put("control_state", {"halted": False, "halt_reason": ""})
+            self._finish(command.pk, "done", "risk halt reset")
+        elif name == "flatten":
+            self._daemon(DaemonTrigger.PAUSE)
+            self.sink.put("control_state", {"paused": True, "paused_reason": f"flatten by {who}"})
+            self._flatten_command = command.pk
+            self._finish_flatten_if_done()
         elif name == "reconnect":
             self._finish(command.pk, "done", "reconnecting to the broker")
             await self.broker.disconnect()
