@@ -131,7 +131,7 @@ class Daemon:
     async def _shutdown(self) -> None:
         now = self.clock()
         self._daemon(DaemonTrigger.STOP)
-        if self.engine is not None:
+        if self.engine is not None and not self.engine.stopping:
             self._dispatch(Control("stop", actor="daemon", reason=self.stop_reason))
             pending = [t for t in self._tasks if t.get_name() == "order-io" and not t.done()]
             if pending:
