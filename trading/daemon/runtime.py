@@ -133,9 +133,9 @@ class Daemon:
         self._daemon(DaemonTrigger.STOP)
         if self.engine is not None and not self.engine.stopping:
             self._dispatch(Control("stop", actor="daemon", reason=self.stop_reason))
-            pending = [t for t in self._tasks if t.get_name() == "order-io" and not t.done()]
-            if pending:
-                await asyncio.wait(pending, timeout=SHUTDOWN_CANCEL_S)
+        pending = [t for t in self._tasks if t.get_name() == "order-io" and not t.done()]
+        if pending:  # our cancels on their way to the broker
+            await asyncio.wait(pending, timeout=SHUTDOWN_CANCEL_S)
         for task in self._tasks:
             if task.get_name() != "order-io":
                 task.cancel()
