@@ -29,8 +29,9 @@ function render(s) {
   lamp.dataset.lamp = s.lamp;
   $("verdict").textContent = VERDICT_WORDS[s.verdict] || s.verdict;
   const t = s.trading || {};
-  $("summary").textContent = `daemon ${s.daemon.state}` + (t.paused ? " · paused" : "") + (t.halted ? " · HALTED" : "")
-    + ` · trading ${t.state || "–"}`;
+  const silent = (s.block_reasons || []).includes("heartbeat_stale");
+  $("summary").textContent = (silent ? `daemon not responding (last seen ${s.daemon.state})` : `daemon ${s.daemon.state}`)
+    + (t.paused ? " · paused" : "") + (t.halted ? " · HALTED" : "") + ` · trading ${t.state || "–"}`;
   const problems = (s.checks || []).filter((c) => c.status !== "ok");
   $("reasons").innerHTML = problems.length
     ? problems.map((c) => `<li class="${c.status}" title="${esc(c.detail)}">${esc(c.reason || c.name)}</li>`).join("")
@@ -56,7 +57,10 @@ function render(s) {
     + `<td>${esc(c.reason)}</td><td>${esc(c.detail)}</td></tr>`).join("");
   const positions = (s.account && s.account.positions) || [];
   $("positions").innerHTML = positions.length ? positions.map((pos) => {
-    const who = pos.managed ? '<span class="tag tag-managed">managed</span>' : '<span class="tag tag-manual">manual</span>';
+    const shared = pos.data && pos.data.hedge_shares;  // one broker position: Bifrost's hedge + your shares
+    const who = pos.managed ? '<span class="tag tag-managed">managed</span>'
+      : shared ? '<span class="tag tag-managed">hedge</span> <span class="tag tag-manual">manual</span>'
+      : '<span class="tag tag-manual">manual</span>';
     const split = pos.data && pos.data.hedge_shares !== undefined
       ? ` <span class="muted small">(Bifrost ${signed(pos.data.hedge_shares, 0)} + manual ${fmt(pos.data.manual_shares, 0)})</span>` : "";
     return `<tr><td>${esc(pos.local_symbol || pos.symbol)}${split}</td><td class="num">${fmt(pos.qty, 0)}</td>`
