@@ -12,8 +12,8 @@ from trading.errors import ConfigError, ControlCommandError
 from trading.models import ControlCommand, ControlState, Fill, Operation, Order, StrategyConfig
 from trading.selectors import engine_seed_load
 from trading.services import (
-    control_command_create,
     control_command_ack,
+    control_command_create,
     control_commands_due,
     records_write,
     strategy_config_create,
