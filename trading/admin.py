@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest
 
@@ -123,8 +124,24 @@ class ControlCommandAdmin(admin.ModelAdmin):
         obj.state = created.state
 
 
+class StrategyConfigForm(forms.ModelForm):
+    class Meta:
+        model = StrategyConfig
+        fields = ("name", "params", "note")
+
+    def clean_params(self) -> Any:
+        from trading.core.params import StrategyParams
+
+        params = self.cleaned_data["params"]
+        errors = StrategyParams.validate_all(params if isinstance(params, dict) else {"params": params})
+        if errors:
+            raise forms.ValidationError([f"{field}: {'; '.join(reasons)}" for field, reasons in errors.items()])
+        return params
+
+
 @admin.register(StrategyConfig)
 class StrategyConfigAdmin(admin.ModelAdmin):
+    form = StrategyConfigForm
     list_display = ("name", "params_hash", "active", "created_by", "created_at", "note")
     list_filter = ("active",)
     readonly_fields = ("params_hash", "created_by", "created_at", "active")
@@ -134,17 +151,12 @@ class StrategyConfigAdmin(admin.ModelAdmin):
         return False
 
     def save_model(self, request: HttpRequest, obj: StrategyConfig, form: Any, change: bool) -> None:
-        """Configs are immutable: saving an edit creates a new version."""
-        from trading.errors import ConfigError
+        """Configs are immutable: saving an edit creates a new version (the form has validated the params)."""
         from trading.services import strategy_config_create
 
-        try:
-            created = strategy_config_create(name=obj.name, params=obj.params, user=request.user.get_username(),
-                                             note=obj.note)
-        except ConfigError as exc:
-            self.message_user(request, f"refused: {exc}", level=messages.ERROR)
-            return
-        obj.pk = created.pk
+        created = strategy_config_create(name=obj.name, params=obj.params, user=request.user.get_username(),
+                                         note=obj.note)
+        obj.pk, obj.params_hash = created.pk, created.params_hash
         self.message_user(request, f"saved as a new version [{created.params_hash[:8]}]; activate it to use it")
 
     @admin.action(description="Activate the selected config (exactly one)")

@@ -207,3 +207,20 @@ def test_admin_filters_decisions_by_block_reason(admin_client):
     changelist = admin_client.get("/admin/trading/decision/?reason=paused").context["cl"]
 
     assert [d.reasons for d in changelist.result_list] == [["paused"]]
+
+
+def test_editing_a_config_in_the_admin_saves_a_new_version_and_refuses_bad_params(admin_client):
+    original = strategy_config_create(name="base", params={"cooldown_s": 60}, user="op", activate=True)
+    url = f"/admin/trading/strategyconfig/{original.pk}/change/"
+
+    refused = admin_client.post(url, {"name": "base", "params": '{"cooldown_s": "soon", "bogus": 1}', "note": ""})
+    saved = admin_client.post(url, {"name": "base", "params": '{"cooldown_s": 30}', "note": "faster"})
+
+    assert refused.status_code == 200
+    errors = str(refused.context["adminform"].form.errors["params"])
+    assert "cooldown_s" in errors and "bogus" in errors
+    assert saved.status_code == 302
+    original.refresh_from_db()
+    assert original.params["cooldown_s"] == 60 and original.active
+    newest = StrategyConfig.objects.exclude(pk=original.pk).get()
+    assert newest.params["cooldown_s"] == 30 and not newest.active
