@@ -172,6 +172,8 @@ IB_HOST = os.environ.get("IB_HOST", "127.0.0.1")
 IB_PORT = int(os.environ.get("IB_PORT", "7497"))
 IB_CLIENT_ID = int(os.environ.get("IB_CLIENT_ID", "1"))
 IB_ACCOUNT = os.environ.get("IB_ACCOUNT", "")
+# Which IB client library IBBroker drives: ib_insync (default install) or ib_async (its own venv).
+BIFROST_IB_CLIENT = os.environ.get("BIFROST_IB_CLIENT", "ib_insync")
 BIFROST_HEARTBEAT_S = _env_float("BIFROST_HEARTBEAT_S", 1.0)
 BIFROST_HISTORY_S = _env_float("BIFROST_HISTORY_S", 10.0)
 BIFROST_COMMAND_TTL_S = _env_float("BIFROST_COMMAND_TTL_S", 300.0)

@@ -21,5 +21,9 @@ def broker_from_settings() -> Broker:
         broker.faults.apply(settings.BIFROST_SIM_FAULTS)
         return broker
     if settings.BIFROST_BROKER == "ib":
-        raise ConfigError("BIFROST_BROKER", "the IB adapter is not built yet (see the IB issue)")
+        from trading.brokers.ib import IBBroker
+
+        return IBBroker(host=settings.IB_HOST, port=settings.IB_PORT, client_id=settings.IB_CLIENT_ID,
+                        account=settings.IB_ACCOUNT, mode=settings.BIFROST_MODE,
+                        live_confirm=settings.BIFROST_LIVE_CONFIRM, client_lib=settings.BIFROST_IB_CLIENT)
     raise ConfigError("BIFROST_BROKER", f"unknown broker {settings.BIFROST_BROKER!r}; expected sim or ib")

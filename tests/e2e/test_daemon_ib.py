@@ -1,0 +1,326 @@
+"""The daemon end to end over the IB socket protocol: `run_daemon` with BIFROST_BROKER=ib as a real process against
+a `tws_sim` process, through the unmodified client library (ib_insync, or ib_async in its own venv).
+
+Every check that can be made at the simulator is made there too: what reached the "exchange" is the truth."""
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.utils import timezone
+
+from monitor.selectors import status_payload_get
+from tests.e2e.conftest import REPO, wait_until
+from trading.models import ControlCommand, ControlState, Fill, ManagedLeg, Operation, Order, Position, StatusCurrent
+from trading.services import control_command_create, strategy_config_create
+from trading.sim.tws_server import send_command
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+SIM_SPEED = "3000"  # the price moves enough within a second or two to need hedges
+MANUAL_NVDA_SHARES = 100.0  # the seeded account's manual shares of the underlying
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TwsSimProcess:
+    """`manage.py tws_sim` as a process, with its control port for faults and inspection."""
+
+    def __init__(self, var_dir: Path) -> None:
+        self.port, self.control_port = _free_port(), _free_port()
+        self.log_path = var_dir / f"tws_sim-{time.monotonic_ns()}.log"
+        self.log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "tws_sim", "--port", str(self.port), "--control-port", str(self.control_port),
+             "--speed", SIM_SPEED, "--tick-s", "0.1", "--fill-latency-ms", "50", "--state", str(var_dir / "tws.json")],
+            cwd=REPO, env={**os.environ, "BIFROST_ALLOW_DEV_SECRET": "1", "BIFROST_VAR_DIR": str(var_dir)},
+            stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        wait_until(self._answers, 20, "tws_sim to listen")
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.command("state"))
+        except OSError:
+            assert self.proc.poll() is None, self.log_path.read_text()
+            return False
+
+    def command(self, line: str) -> dict[str, Any]:
+        reply = send_command(self.control_port, line)
+        assert reply.get("ok"), reply
+        return reply
+
+    def state(self) -> dict[str, Any]:
+        return self.command("state")
+
+    def orders(self) -> list[dict[str, Any]]:
+        return self.state()["orders"]
+
+    def orders_after(self, ts: datetime) -> list[dict[str, Any]]:
+        return [o for o in self.orders() if o["received_at"] > ts.timestamp()]
+
+    def stock_qty(self, symbol: str) -> float:
+        return next(p["qty"] for p in self.state()["positions"] if p["symbol"] == symbol and p["sec_type"] == "STK")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture
+def tws(tmp_path: Path) -> Iterator[TwsSimProcess]:
+    process = TwsSimProcess(tmp_path)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def ib_daemon(daemon_factory: Callable[..., Any], tws: TwsSimProcess) -> Callable[..., Any]:
+    def start(**env: str) -> Any:
+        return daemon_factory(BIFROST_BROKER="ib", IB_PORT=str(tws.port), IB_CLIENT_ID="1", BIFROST_MODE="paper",
+                              BIFROST_IB_CLIENT=settings.BIFROST_IB_CLIENT, **env)
+
+    return start
+
+
+def _fast_config(**params: Any) -> None:
+    # Paper mode follows the exchange calendar; the simulator's market is open at any hour.
+    strategy_config_create(name="e2e-ib", params={"cooldown_s": 0, "min_price_move_bps": 0,
+                                                  "trading_hours_only": False, **params}, user="test", activate=True)
+
+
+def _status() -> dict[str, Any] | None:
+    current = StatusCurrent.objects.filter(id=1).first()
+    return current.payload if current else None
+
+
+def _command(name: str, reason: str = "") -> ControlCommand:
+    return control_command_create(command=name, reason=reason, user="test", source="test")
+
+
+def _wait_command(cmd: ControlCommand, timeout_s: float = 15.0) -> ControlCommand:
+    def finished() -> bool:
+        cmd.refresh_from_db()
+        return cmd.state in ("done", "rejected", "expired")
+
+    wait_until(finished, timeout_s, f"command {cmd.command} to finish")
+    return cmd
+
+
+def _first_hedge(timeout_s: float = 40.0) -> Fill:
+    return wait_until(lambda: Fill.objects.first(), timeout_s, "the first hedge fill")
+
+
+def test_straddle_is_adopted_manual_positions_shown_and_hedges_fill_with_bifrost_order_refs(ib_daemon, tws):
+    _fast_config()
+    ib_daemon()
+
+    fill = _first_hedge()
+    status = wait_until(lambda: (s := _status()) and s["book"]["hedge_shares"] != 0 and s, 15, "hedge in status")
+
+    assert status["daemon"]["mode"] == "paper" and status["daemon"]["broker_connected"] is True
+    assert sorted(leg.right for leg in ManagedLeg.objects.all()) == ["C", "P"]  # the far-OTM manual call is not
+    order = Order.objects.get(order_ref=fill.order_ref)
+    assert order.order_ref.startswith("bifrost:") and order.state == "filled" and order.filled_qty == order.qty
+    at_sim = {o["order_ref"]: o for o in tws.orders()}
+    assert set(at_sim) >= {fill.order_ref} and all(ref.startswith("bifrost:") for ref in at_sim)
+    assert at_sim[fill.order_ref]["status"] == "Filled" and at_sim[fill.order_ref]["qty"] == order.qty
+    sim_exec = next(e for e in tws.state()["executions"] if e["exec_id"] == fill.exec_id)
+    assert float(fill.price) == sim_exec["price"] and float(fill.commission) == pytest.approx(sim_exec["commission"])
+    wait_until(lambda: Position.objects.filter(symbol="AAPL").exists(), 10, "positions stored")
+    nvda = Position.objects.filter(symbol="NVDA", sec_type="STK").first()
+    assert nvda is None or nvda.managed is False  # None only while our hedge nets the manual 100 shares to 0
+    assert Position.objects.get(symbol="AAPL").managed is False
+    managed_options = Position.objects.filter(sec_type="OPT", managed=True)
+    assert managed_options.count() == 2
+    assert Position.objects.filter(sec_type="OPT", managed=False, qty=2).exists()  # the manual far-OTM call
+    account = status["account"]
+    assert account["account"] == "DU1234567" and account["net_liquidation"] > 0 and account["buying_power"] > 0
+    assert all(p["market_price"] for p in account["positions"])
+
+
+def test_pause_sends_no_new_orders_and_resume_hedges_again(ib_daemon, tws):
+    _fast_config()
+    ib_daemon()
+    _first_hedge()
+
+    pause = _wait_command(_command("pause", "watching"))
+    time.sleep(3.0)
+
+    assert pause.state == "done"
+    assert Order.objects.filter(created_at__gt=pause.acked_at).count() == 0
+    assert tws.orders_after(pause.acked_at) == []
+    assert _status()["trading"]["paused"] is True
+
+    resume = _wait_command(_command("resume"))
+    wait_until(lambda: tws.orders_after(resume.acked_at), 20, "a hedge after resume")
+
+
+def test_flatten_brings_our_shares_to_zero_and_leaves_manual_shares_exactly_as_before(ib_daemon, tws):
+    _fast_config()
+    ib_daemon()
+    _first_hedge()
+    options_before = {p["con_id"]: p["qty"] for p in tws.state()["positions"] if p["sec_type"] == "OPT"}
+
+    flatten = _wait_command(_command("flatten", "end of day"), 20)
+
+    assert flatten.state == "done", flatten.result
+    ours = sum(f.qty if f.side == "BUY" else -f.qty for f in Fill.objects.all())
+    assert ours == 0
+    assert Order.objects.filter(intent="flatten", state="filled").exists()
+    assert tws.stock_qty("NVDA") == MANUAL_NVDA_SHARES
+    assert tws.stock_qty("AAPL") == 50
+    assert {p["con_id"]: p["qty"] for p in tws.state()["positions"] if p["sec_type"] == "OPT"} == options_before
+    refresh = _wait_command(_command("refresh_account"))
+    assert refresh.state == "done"
+    assert Position.objects.get(symbol="NVDA", sec_type="STK").qty == MANUAL_NVDA_SHARES
+    assert ControlState.load().paused is True
+    time.sleep(1.5)
+    assert tws.orders_after(flatten.done_at) == []  # paused after flatten
+
+
+def test_stop_acks_and_nothing_reaches_the_broker_after_the_ack(ib_daemon, tws):
+    _fast_config()
+    daemon = ib_daemon()
+    _first_hedge()
+
+    stop = _wait_command(_command("stop"))
+    code = daemon.wait(10)
+
+    assert stop.state == "done" and code == 0
+    assert not Order.objects.filter(created_at__gt=stop.acked_at).exists()
+    assert tws.orders_after(stop.acked_at) == []
+    assert tws.state()["clients"] == []  # it disconnected on the way out
+
+
+def test_connection_dropped_mid_order_then_restored_gives_one_order_and_its_fill_recovered(ib_daemon, tws):
+    _fast_config()
+    ib_daemon()
+    _first_hedge()
+    armed_at = timezone.now()
+
+    tws.command("drop_on_order 1 1.5")  # the order fills while the daemon cannot get back in
+    dropped = wait_until(lambda: tws.orders_after(armed_at), 20, "the order that loses its connection")[0]
+    ref = dropped["order_ref"]
+
+    fill = wait_until(lambda: Fill.objects.filter(order_ref=ref).first(), 30, "its fill recovered after reconnect")
+    assert [o["order_ref"] for o in tws.orders()].count(ref) == 1  # never resent
+    assert wait_until(lambda: Order.objects.get(order_ref=ref).state == "filled", 10, "order filled")
+    assert fill.exec_id in {e["exec_id"] for e in tws.state()["executions"]}
+    assert Operation.objects.filter(kind="fill_recovered", message__contains=ref).exists()
+    assert Operation.objects.filter(kind="daemon_state", message__contains="waiting_broker").exists()
+    later = timezone.now()
+    wait_until(lambda: tws.orders_after(later), 30, "hedging after the reconnect")
+    wait_until(lambda: Fill.objects.count() == len(tws.state()["executions"]), 15, "every execution booked")
+
+
+def test_order_still_working_at_reconnect_is_rematched_by_order_ref_and_fills_once(ib_daemon, tws):
+    _fast_config()
+    ib_daemon()
+    _first_hedge()
+    tws.command("fill_latency_ms 1500")  # still working when the daemon is back
+    armed_at = timezone.now()
+
+    tws.command("drop_on_order 1")
+    ref = wait_until(lambda: tws.orders_after(armed_at), 20, "the order that loses its connection")[0]["order_ref"]
+
+    fill = wait_until(lambda: Fill.objects.filter(order_ref=ref).first(), 30, "its fill after the reconnect")
+    assert [o["order_ref"] for o in tws.orders()].count(ref) == 1
+    assert Operation.objects.filter(kind="reconcile", message="book reconciled").exists()
+    assert wait_until(lambda: Order.objects.get(order_ref=ref).state == "filled", 10, "order filled")
+    assert Fill.objects.filter(order_ref=ref).count() == 1 and fill.qty > 0
+
+
+def test_lost_execution_report_is_recovered_by_req_executions(ib_daemon, tws):
+    _fast_config()
+    ib_daemon()
+    _first_hedge()
+    armed_at = timezone.now()
+
+    tws.command("lose_exec 1")
+    order = wait_until(lambda: tws.orders_after(armed_at), 20, "the order whose execution is lost")[0]
+    fill = wait_until(lambda: Fill.objects.filter(order_ref=order["order_ref"]).first(), 15, "the recovered fill")
+
+    assert Order.objects.get(order_ref=order["order_ref"]).state == "filled"
+    assert float(fill.qty) == order["qty"]
+    assert tws.state()["faults"]["lose_exec_next"] == 0  # the report really was withheld
+    assert [o["order_ref"] for o in tws.orders()].count(order["order_ref"]) == 1
+
+
+def test_client_id_in_use_moves_the_daemon_to_the_next_id(ib_daemon, tws):
+    _fast_config()
+    squatter = _hold_client_id(tws, 1)
+    try:
+        ib_daemon()
+
+        _first_hedge()
+
+        assert tws.state()["clients"] == [1, 2]
+    finally:
+        squatter.close()
+
+
+def test_silent_market_blocks_with_data_stale_and_recovers_when_data_returns(ib_daemon, tws):
+    _fast_config(stale_quote_ms=1500)
+    ib_daemon()
+    _first_hedge()
+
+    tws.command("silent on")
+    stale = wait_until(lambda: "data_stale" in status_payload_get()["block_reasons"] and status_payload_get(), 15,
+                       "data_stale")
+    assert stale["lamp"] in ("yellow", "red")
+    silent_orders = len(tws.orders())
+    time.sleep(1.0)
+    assert len(tws.orders()) == silent_orders
+
+    tws.command("silent off")
+    resumed_at = timezone.now()
+    recovered = wait_until(lambda: "data_stale" not in (s := status_payload_get())["block_reasons"]
+                           and s["lamp"] != "red" and s, 20, "recovery")
+    assert recovered["market"]["bid"] > 0
+    wait_until(lambda: tws.orders_after(resumed_at), 30, "hedging again")
+
+
+def test_rejected_order_is_recorded_and_not_retried_in_a_storm(ib_daemon, tws):
+    _fast_config()
+    ib_daemon()
+    _first_hedge()
+
+    tws.command("reject 1 simulated margin check")
+    rejected = wait_until(lambda: Order.objects.filter(state="rejected").first(), 20, "a rejected order")
+    at_sim = next(o for o in tws.orders() if o["order_ref"] == rejected.order_ref)
+    time.sleep(max(0.0, at_sim["received_at"] + 4.0 - time.time()))
+
+    assert at_sim["status"] == "Inactive"
+    assert "201" in Operation.objects.filter(kind="order_rejected", order_ref=rejected.order_ref).get().message
+    after = [o for o in tws.orders() if o["received_at"] > at_sim["received_at"]]
+    assert [o for o in after if o["received_at"] < at_sim["received_at"] + 4.0] == []  # backoff, no storm
+    wait_until(lambda: Order.objects.filter(state="filled", created_at__gt=rejected.created_at).exists(), 30,
+               "hedging after the reject backoff")
+
+
+def _hold_client_id(tws: TwsSimProcess, client_id: int) -> socket.socket:
+    """Another API client holding `client_id`, as a second TWS session would."""
+    sock = socket.create_connection(("127.0.0.1", tws.port), timeout=5)
+    sock.sendall(b"API\0" + struct.pack(">I", 9) + b"v157..176")
+    payload = "".join(f + "\0" for f in ("71", "2", str(client_id), "")).encode()
+    sock.sendall(struct.pack(">I", len(payload)) + payload)
+    wait_until(lambda: client_id in tws.state()["clients"], 5, f"client id {client_id} taken")
+    return sock
