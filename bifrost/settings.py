@@ -154,7 +154,14 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "monitor.errors.api_exception_handler",
     "DEFAULT_THROTTLE_RATES": {"control": os.environ.get("BIFROST_CONTROL_RATE", "60/min")},
 }
-SPECTACULAR_SETTINGS = {"TITLE": "Bifrost API", "VERSION": "1.0.0"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Bifrost API",
+    "VERSION": "1.0.0",
+    "ENUM_NAME_OVERRIDES": {
+        "ControlCommandStateEnum": "trading.models.ControlCommand.State",
+        "RunStateEnum": "backtests.models.RunState",
+    },
+}
 
 LOGGING = {
     "version": 1,
@@ -187,4 +194,6 @@ BIFROST_SIM_TICK_S = _env_float("BIFROST_SIM_TICK_S", 0.25)
 BIFROST_SIM_SPEED = _env_float("BIFROST_SIM_SPEED", 200.0)
 # Fault injection for tests and drills, comma-separated: connect_hang, silent, reject_orders.
 BIFROST_SIM_FAULTS = frozenset(f.strip() for f in os.environ.get("BIFROST_SIM_FAULTS", "").split(",") if f.strip())
+# Status snapshots and blocked decisions older than this many days are deleted by a daily job (0 keeps all).
+BIFROST_HISTORY_RETENTION_DAYS = _env_float("BIFROST_HISTORY_RETENTION_DAYS", 90.0)
 BIFROST_SUPERVISOR_URL = os.environ.get("BIFROST_SUPERVISOR_URL", f"unix://{VAR_DIR / 'supervisor.sock'}")

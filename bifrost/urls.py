@@ -1,8 +1,9 @@
-"""URL map: the admin control room, the API and the lamp page."""
+"""URL map: the admin control room, the API, the lamp page, backtests and statistics."""
 from django.contrib import admin
 from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("monitor.urls")),
+    path("", include("backtests.urls")),
 ]

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.generics import ListAPIView
@@ -233,12 +233,3 @@ class ControlCommandGetApi(APIView):
         if cmd is None:
             raise NotFound(f"no control command {command_id}")
         return Response(ControlCommandOutputSerializer(cmd).data)
-
-
-class StatsGetApi(APIView):
-    permission_classes = [CanView]
-
-    @extend_schema(responses={501: inline_serializer("NotYet", {"detail": serializers.CharField()})})
-    def get(self, request: Request) -> Response:
-        return Response({"detail": "statistics are not available yet: they arrive with the backtests issue"},
-                        status=status.HTTP_501_NOT_IMPLEMENTED)

@@ -18,7 +18,6 @@ urlpatterns = [
     path("api/account/", api.AccountGetApi.as_view(), name="api-account"),
     path("api/control/", api.ControlCommandCreateApi.as_view(), name="api-control"),
     path("api/control/<int:command_id>/", api.ControlCommandGetApi.as_view(), name="api-control-detail"),
-    path("api/stats/", api.StatsGetApi.as_view(), name="api-stats"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]

@@ -1,7 +1,10 @@
-"""Suite-wide fixtures: loud skips for absent services."""
+"""Suite-wide fixtures: loud skips for absent services; users in each role and API clients with their tokens."""
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import Group, User
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 from tests.probe import reachable
 
@@ -14,3 +17,55 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if service in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    """Throttle counters live in the cache: each test starts with none."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+def _user(name: str, group: str | None) -> User:
+    user = User.objects.create_user(name, password="pw-" + name)
+    if group:
+        user.groups.add(Group.objects.get_or_create(name=group)[0])  # a transactional test flushed the migration's rows
+    return user
+
+
+def _client(user: User | None) -> APIClient:
+    client = APIClient()
+    if user is not None:
+        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+@pytest.fixture
+def viewer(db) -> User:
+    return _user("vera", "viewer")
+
+
+@pytest.fixture
+def operator(db) -> User:
+    return _user("otto", "operator")
+
+
+@pytest.fixture
+def anonymous_api(db) -> APIClient:
+    return _client(None)
+
+
+@pytest.fixture
+def viewer_api(viewer) -> APIClient:
+    return _client(viewer)
+
+
+@pytest.fixture
+def operator_api(operator) -> APIClient:
+    return _client(operator)
+
+
+@pytest.fixture
+def nobody_api(db) -> APIClient:
+    return _client(_user("nadia", None))

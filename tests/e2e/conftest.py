@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import xmlrpc.client
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -96,3 +98,116 @@ def daemon_factory(transactional_db: None, tmp_path: Path, settings: Any) -> Ite
     yield make
     for process in started:
         process.stop()
+
+
+# ---- the whole system under supervisord, and a real browser (Debian chromium) ----------------------------------
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SCREENSHOTS = REPO / "var" / "screenshots"
+BROWSER_MISSING = not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists())
+
+SUPERVISORD_CONF = """
+[unix_http_server]
+file={var}/supervisor.sock
+[supervisord]
+logfile={var}/supervisord.log
+pidfile={var}/supervisord.pid
+childlogdir={var}
+directory={repo}
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+[program:web]
+command={python} manage.py run_web
+directory={repo}
+redirect_stderr=true
+stdout_logfile={var}/web.log
+[program:daemon]
+command={python} manage.py run_daemon
+directory={repo}
+autorestart=false
+startsecs=1
+redirect_stderr=true
+stdout_logfile={var}/daemon.log
+[program:worker]
+command={python} manage.py qcluster
+directory={repo}
+autostart=false
+stopasgroup=true
+redirect_stderr=true
+stdout_logfile={var}/worker.log
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def system(transactional_db, tmp_path, settings):
+    """web + daemon (sim) under a real supervisord on this test's database; `worker` (qcluster) on request."""
+    port = free_port()
+    settings.BIFROST_HEARTBEAT_S = 0.5
+    (tmp_path / "supervisord.conf").write_text(SUPERVISORD_CONF.format(var=tmp_path, repo=REPO,
+                                                                       python=sys.executable))
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bifrost.settings", "BIFROST_ALLOW_DEV_SECRET": "1",
+           "DATABASE_URL": database_url(), "BIFROST_VAR_DIR": str(tmp_path), "BIFROST_HEARTBEAT_S": "0.5",
+           "BIFROST_HISTORY_S": "2", "BIFROST_BIND": f"127.0.0.1:{port}", "BIFROST_LOG_LEVEL": "WARNING",
+           "BIFROST_Q_WORKERS": "1"}
+    supervisord = subprocess.Popen([str(Path(sys.executable).parent / "supervisord"), "-n", "-c",
+                                    str(tmp_path / "supervisord.conf")], env=env, cwd=REPO)
+    proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=_transport(tmp_path))
+    wait_until(lambda: _answers(port), 30, "the web to answer")
+    yield {"url": f"http://127.0.0.1:{port}", "supervisor": proxy, "var": tmp_path}
+    supervisord.send_signal(signal.SIGTERM)
+    supervisord.wait(20)
+
+
+def _transport(var: Path):
+    from supervisor.xmlrpc import SupervisorTransport
+
+    return SupervisorTransport(None, None, serverurl=f"unix://{var / 'supervisor.sock'}")
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1280,1400"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def shot(driver, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+
+
+def login(driver, url: str, username: str, group: str, *, next_path: str = "/") -> None:
+    """A user in `group` logs in through the login page (the web process checks the password itself)."""
+    from django.contrib.auth.hashers import make_password
+    from django.contrib.auth.models import Group, User
+
+    user = User.objects.create_user(username)
+    user.password = make_password("browser-test-pw", hasher="pbkdf2_sha256")  # the web process's own hasher
+    user.save()
+    user.groups.add(Group.objects.get_or_create(name=group)[0])
+    driver.get(f"{url}/login/?next={next_path}")
+    driver.find_element("id", "id_username").send_keys(username)
+    driver.find_element("id", "id_password").send_keys("browser-test-pw\n")

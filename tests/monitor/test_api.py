@@ -159,10 +159,20 @@ def test_account_is_404_until_fetched_then_has_its_fetch_time(viewer_api):
     assert body["net_liquidation"] == 1_000_000 and body["fetched_at"]
 
 
-def test_stats_say_clearly_they_are_not_there_yet(viewer_api):
-    response = viewer_api.get("/api/stats/")
+def test_stats_come_from_the_history_tables(viewer_api):
+    body = viewer_api.get("/api/stats/", {"period": "week"}).json()
 
-    assert response.status_code == 501 and "statistics" in response.json()["detail"]
+    assert body["period"] == "week"
+    assert set(body["totals"]) >= {"hedges", "fills", "pnl_usd", "win_rate", "slippage_bps", "pnl_distribution",
+                                   "blocks"}
+
+
+@pytest.mark.parametrize("params, field", [({"period": "year"}, "period"), ({"since": "soon"}, "since"),
+                                           ({"since": "2026-02-01", "until": "2026-01-01"}, "until")])
+def test_bad_stats_queries_are_400_with_the_field_named(viewer_api, params, field):
+    response = viewer_api.get("/api/stats/", params)
+
+    assert response.status_code == 400 and field in response.json()["errors"]
 
 
 def test_schema_and_docs_are_served(viewer_api):

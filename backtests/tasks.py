@@ -1,0 +1,19 @@
+"""django-q2 task entry points: thin wrappers over the services (the queue stores their dotted names)."""
+from __future__ import annotations
+
+from typing import Any
+
+from backtests import services
+
+
+def backtest_run_task(run_id: int) -> str:
+    """Run one queued backtest (a sweep's runs are queued one task each, so the cluster's workers share them)."""
+    return services.backtest_run_execute(run_id=run_id)
+
+
+def stats_rollup_task() -> int:
+    return services.stats_rollup()
+
+
+def history_retention_task() -> dict[str, Any]:
+    return services.history_retention()

@@ -1,0 +1,162 @@
+"""Backtest, sweep and statistics pages: forms that call the same services as the API, charts drawn server-side."""
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from django import forms
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from backtests import charts, services
+from backtests.errors import BacktestStateError
+from backtests.forms import BacktestRunForm, SweepForm
+from backtests.models import BacktestRun, Sweep
+from backtests.stats import stats_report
+from monitor.permissions import is_viewer
+from trading.errors import BifrostError
+
+# What the forms start with: a one-day synthetic market that anyone can replay without data.
+DEMO_SYNTHETIC = '{"seed": 1, "days": 1}'
+DEMO_PARAMS = '{"trading_hours_only": false}'
+DEMO_GRID = '{"cooldown_s": [0, 30, 120], "min_price_move_bps": [0, 10, 25]}'
+
+
+def _forbidden(request: HttpRequest) -> HttpResponse:
+    return render(request, "monitor/forbidden.html", status=403)
+
+
+@login_required
+def backtest_list(request: HttpRequest) -> HttpResponse:
+    """The runs and sweeps, newest first, and the forms that queue them (the admin's forms, the API's services)."""
+    if not is_viewer(request.user):
+        return _forbidden(request)
+    user = request.user.get_username()
+    run_form = BacktestRunForm(prefix="run", initial={"synthetic_text": DEMO_SYNTHETIC, "params_text": DEMO_PARAMS,
+                                                      "start_position": "straddle:10"})
+    sweep_form = SweepForm(prefix="sweep", initial={"synthetic_text": DEMO_SYNTHETIC, "grid_text": DEMO_GRID,
+                                                    "base_text": DEMO_PARAMS, "start_position": "straddle:10"})
+    if request.method == "POST" and "queue_run" in request.POST:
+        run_form = BacktestRunForm(request.POST, prefix="run")
+        if run_form.is_valid():
+            data = run_form.cleaned_data
+            try:
+                run = services.backtest_run_enqueue(
+                    dataset=data.get("dataset"), synthetic=data.get("synthetic_spec"), params=data["params_parsed"],
+                    start_position=data["start_position"], path=data["path_choice"], user=user)
+            except BifrostError as exc:
+                _refuse(run_form, exc)
+            else:
+                return redirect("backtest-detail", run_id=run.pk)
+    elif request.method == "POST" and "queue_sweep" in request.POST:
+        sweep_form = SweepForm(request.POST, prefix="sweep")
+        if sweep_form.is_valid():
+            data = sweep_form.cleaned_data
+            try:
+                sweep = services.sweep_enqueue(
+                    dataset=data.get("dataset"), synthetic=data.get("synthetic_spec"), grid=data["grid_parsed"],
+                    objective=data["objective"], base=data["base_parsed"], start_position=data["start_position"],
+                    name=data.get("name") or "", user=user)
+            except BifrostError as exc:
+                _refuse(sweep_form, exc)
+            else:
+                return redirect("sweep-detail", sweep_id=sweep.pk)
+    status = 400 if run_form.errors or sweep_form.errors else 200
+    return render(request, "backtests/list.html", {
+        "runs": BacktestRun.objects.filter(sweep__isnull=True).select_related("dataset")[:50],
+        "sweeps": Sweep.objects.all()[:20],
+        "run_form": run_form,
+        "sweep_form": sweep_form,
+    }, status=status)
+
+
+def _refuse(form: forms.Form, exc: BifrostError) -> None:
+    """A service refusal shown on the form, under the field it names when the form has that field."""
+    field = getattr(exc, "field", None)
+    reason = getattr(exc, "reason", str(exc))
+    if field in form.fields:
+        form.add_error(field, reason)
+    else:
+        form.add_error(None, f"{field}: {reason}" if field else reason)
+
+
+@login_required
+@require_POST
+def backtest_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
+    if not is_viewer(request.user):
+        return _forbidden(request)
+    run = get_object_or_404(BacktestRun, pk=run_id)
+    with contextlib.suppress(BacktestStateError):  # finished meanwhile: the page shows how it ended
+        services.backtest_run_cancel(run=run, user=request.user.get_username())
+    return redirect("backtest-detail", run_id=run.pk)
+
+
+@login_required
+@require_POST
+def sweep_cancel(request: HttpRequest, sweep_id: int) -> HttpResponse:
+    if not is_viewer(request.user):
+        return _forbidden(request)
+    sweep = get_object_or_404(Sweep, pk=sweep_id)
+    with contextlib.suppress(BacktestStateError):
+        services.sweep_cancel(sweep=sweep, user=request.user.get_username())
+    return redirect("sweep-detail", sweep_id=sweep.pk)
+
+
+@login_required
+def backtest_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    if not is_viewer(request.user):
+        return _forbidden(request)
+    run = get_object_or_404(BacktestRun, pk=run_id)
+    result: dict[str, Any] = run.result or {}
+    figures = {}
+    if result:
+        split = result.get("pnl_split_curve") or []
+        figures = {
+            "equity": charts.line_chart([("equity", result.get("equity_curve") or [])], "P&L, USD"),
+            "split": charts.line_chart([("options", [(r[0], r[1]) for r in split]),
+                                        ("hedge", [(r[0], r[2]) for r in split]),
+                                        ("commissions", [(r[0], -r[3]) for r in split if len(r) > 3])], "USD"),
+            "hedges": charts.price_with_hedges(result.get("price_curve") or [], result.get("hedge_markers") or []),
+            "blocks": charts.bar_chart(sorted(((k, float(v)) for k, v in (result.get("blocks") or {}).items()),
+                                              key=lambda kv: -kv[1]), "ticks"),
+        }
+    source = run.dataset.name if run.dataset else "synthetic " + json.dumps(run.synthetic)
+    return render(request, "backtests/detail.html", {"run": run, "result": result, "figures": figures,
+                                                     "source": source})
+
+
+@login_required
+def sweep_detail(request: HttpRequest, sweep_id: int) -> HttpResponse:
+    if not is_viewer(request.user):
+        return _forbidden(request)
+    sweep = get_object_or_404(Sweep, pk=sweep_id)
+    ranked = sweep.results or []
+    varied = (sweep.spec or {}).get("varied") or []
+    heat = charts.heat_map("", "", {}, "")
+    if len(varied) >= 2:
+        x_name, y_name = varied[0], varied[1]
+        cells = {(r["params"].get(x_name), r["params"].get(y_name)): float(r["objective"])
+                 for r in ranked if r.get("objective") is not None}
+        heat = charts.heat_map(x_name, y_name, cells, f"objective ({sweep.objective})")
+    guards = sorted({reason for r in ranked for reason in (r.get("blocks") or {})})
+    return render(request, "backtests/sweep.html", {"sweep": sweep, "ranked": ranked, "varied": varied,
+                                                    "heat": heat, "guards": guards})
+
+
+@login_required
+def stats_page(request: HttpRequest) -> HttpResponse:
+    if not is_viewer(request.user):
+        return _forbidden(request)
+    period = request.GET.get("period", "day")
+    report = stats_report(period=period if period in ("day", "week", "month") else "day")
+    periods = report["periods"]
+    figures = {
+        "pnl": charts.bar_chart([(p["label"], float(p.get("pnl_usd") or 0.0)) for p in periods[-30:]], "USD"),
+        "hedges": charts.bar_chart([(p["label"], float(p.get("hedges") or 0)) for p in periods[-30:]], "hedges"),
+        "blocks": charts.bar_chart(sorted(((k, float(v)) for k, v in (report["totals"].get("blocks") or {}).items()),
+                                          key=lambda kv: -kv[1]), "decisions"),
+    }
+    return render(request, "backtests/stats.html", {"report": report, "figures": figures, "period": period})

@@ -1,0 +1,101 @@
+"""The Backtests, sweep and Statistics pages: forms queue through the same services as the API and the admin, bad
+input is shown on the field it concerns with nothing queued, results are drawn as server-side charts."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.test import Client
+from django_q.models import OrmQ
+
+from backtests import services
+from backtests.models import BacktestRun, RunState, Sweep
+
+pytestmark = pytest.mark.django_db(transaction=True)  # tasks are put on the queue on commit
+SMALL = {"days": 1, "tick_s": 10.0, "seed": 5, "realized_vol": 0.8}
+
+
+@pytest.fixture
+def page(viewer) -> Client:
+    client = Client()
+    client.force_login(viewer)
+    return client
+
+
+def _run_form(**fields: str) -> dict[str, str]:
+    return {"queue_run": "1", "run-dataset": "", "run-synthetic_text": json.dumps(SMALL), "run-params_text": "{}",
+            "run-start_position": "straddle:10", "run-path_choice": "auto",
+            **{f"run-{k}": v for k, v in fields.items()}}
+
+
+def test_a_backtest_queued_from_the_page_runs_and_shows_its_charts(page):
+    response = page.post("/backtests/", _run_form(params_text='{"cooldown_s": 5}'))
+
+    run = BacktestRun.objects.get()
+    assert response.status_code == 302 and response.url == f"/backtests/{run.pk}/"
+    assert run.params["cooldown_s"] == 5 and run.created_by == "vera" and OrmQ.objects.count() == 1
+    assert b"Cancel this run" in page.get(response.url).content  # queued: it can still be cancelled
+
+    services.backtest_run_execute(run_id=run.pk)
+
+    html = page.get(response.url).content.decode()
+    for figure in ("Equity curve", "options vs hedge vs commissions", "Hedges over price", "Blocks by reason"):
+        assert figure in html
+    assert html.count("<svg") >= 3 and "Cancel this run" not in html
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"params_text": '{"cooldown_s": -1}'}, "params_text"),
+    ({"params_text": "{cooldown"}, "params_text"),
+    ({"synthetic_text": '{"days": 0}'}, "synthetic_text"),
+    ({"start_position": "straddle:0"}, "start_position"),
+])
+def test_bad_input_on_the_page_is_shown_on_its_field_and_queues_nothing(page, fields, field):
+    response = page.post("/backtests/", _run_form(**fields))
+
+    assert response.status_code == 400
+    assert f'data-field="{field}"' in response.content.decode()
+    assert BacktestRun.objects.count() == 0 and OrmQ.objects.count() == 0
+
+
+def test_a_sweep_queued_from_the_page_shows_its_ranking_heat_map_and_guard_counts(page):
+    response = page.post("/backtests/", {
+        "queue_sweep": "1", "sweep-name": "grid", "sweep-dataset": "", "sweep-synthetic_text": json.dumps(SMALL),
+        "sweep-grid_text": '{"cooldown_s": [0, 60], "min_price_move_bps": [0, 30]}', "sweep-base_text": "{}",
+        "sweep-objective": "pnl", "sweep-start_position": "straddle:10"})
+
+    sweep = Sweep.objects.get()
+    assert response.status_code == 302 and response.url == f"/backtests/sweeps/{sweep.pk}/"
+    assert sweep.runs.count() == 4
+    for run in sweep.runs.all():
+        services.backtest_run_execute(run_id=run.pk)
+
+    html = page.get(response.url).content.decode()
+    assert 'class="heat"' in html and "min_price_move_bps" in html
+    assert html.count("<tr><td>") >= 4  # one ranked row per parameter set
+
+
+def test_cancel_from_the_page(page):
+    run = services.backtest_run_enqueue(synthetic=SMALL, params={}, user="vera")
+
+    response = page.post(f"/backtests/{run.pk}/cancel/")
+
+    assert response.status_code == 302
+    run.refresh_from_db()
+    assert run.state == RunState.CANCELLED and run.error == "cancelled by vera"
+    assert page.get(f"/backtests/{run.pk}/cancel/").status_code == 405
+
+
+def test_the_statistics_page_renders_from_history(page):
+    for period in ("day", "week", "month"):
+        response = page.get("/stats/", {"period": period})
+        assert response.status_code == 200
+        assert "P&amp;L per " + period in response.content.decode()
+
+
+def test_the_pages_need_a_login_and_a_role(client, django_user_model):
+    assert client.get("/backtests/").status_code == 302  # to the login page
+    client.force_login(django_user_model.objects.create_user("nadia"))
+    assert client.get("/backtests/").status_code == 403
+    assert client.post("/backtests/", _run_form()).status_code == 403
+    assert BacktestRun.objects.count() == 0
