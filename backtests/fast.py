@@ -73,8 +73,8 @@ F_BID, F_ASK, F_HQ, F_HAVG, F_HREAL, F_HMARK, F_HS, F_CMARK, F_PMARK, F_COMM, F_
     F_MIDC, F_MIDP, F_DELTA, F_ORD_QTY, F_OPEN = range(19)
 N_FS = 19
 I_STATE, I_DAY, I_DAILY, I_LHA, I_HALTED, I_ADOPTED, I_DS_UNKNOWN, I_QUOTE_TS, I_PENDING, I_ORD_DUE, I_ORD_US, \
-    I_CHECKED, I_HEALTHY_SINCE, I_NFILLS, I_VALID, I_OOB, I_LAST_NOW, I_DECIDED = range(18)
-N_IS = 18
+    I_CHECKED, I_HEALTHY_SINCE, I_NFILLS, I_VALID, I_OOB, I_LAST_NOW, I_DECIDED, I_CMKT, I_PMKT = range(20)
+N_IS = 20
 NONE_I = -(2**62)  # "None" for an instant
 
 EV_QUOTE, EV_CALL_QUOTE, EV_PUT_QUOTE, EV_FILL = range(4)
@@ -169,6 +169,22 @@ def _total(fs: np.ndarray, pf: np.ndarray, adopted: int) -> float:
         realized = realized + 0.0 + 0.0
         unrealized = unrealized + u_call + u_put
     return realized + unrealized - fs[F_COMM]
+
+
+@nb.njit(cache=True, inline="always")
+def _mark_leg(mark: float, market: bool, f_mark: int, p_cost: int, i_market: int, fs: np.ndarray, ist: np.ndarray,
+              pf: np.ndarray) -> None:
+    """Engine._mark for one leg: PnlLedger.remark when the mark's source changes (model <-> market), else mark."""
+    if market != (ist[i_market] == 1):
+        if math.isfinite(mark):
+            qty = pf[P_QTY]
+            before = 0.0 if qty == 0.0 else qty * (fs[f_mark] - pf[p_cost]) * 100.0
+            fs[f_mark] = mark
+            after = 0.0 if qty == 0.0 else qty * (fs[f_mark] - pf[p_cost]) * 100.0
+            fs[F_DAYSTART] += after - before
+        ist[i_market] = 1 if market else 0
+    elif math.isfinite(mark):
+        fs[f_mark] = mark
 
 
 @nb.njit(cache=True, inline="always")
@@ -286,12 +302,10 @@ def _evaluate(now: int, fs: np.ndarray, ist: np.ndarray, pf: np.ndarray, pi: np.
         ist[I_VALID] = 1 if valid else 0
         if math.isfinite(spot):
             fs[F_HMARK] = spot
-        mark_c = fs[F_MIDC] if not math.isnan(fs[F_MIDC]) else price_c
-        mark_p = fs[F_MIDP] if not math.isnan(fs[F_MIDP]) else price_p
-        if math.isfinite(mark_c):
-            fs[F_CMARK] = mark_c
-        if math.isfinite(mark_p):
-            fs[F_PMARK] = mark_p
+        market_c = not math.isnan(fs[F_MIDC])
+        market_p = not math.isnan(fs[F_MIDP])
+        _mark_leg(fs[F_MIDC] if market_c else price_c, market_c, F_CMARK, P_COST_C, I_CMKT, fs, ist, pf)
+        _mark_leg(fs[F_MIDP] if market_p else price_p, market_p, F_PMARK, P_COST_P, I_PMKT, fs, ist, pf)
     if ist[I_DS_UNKNOWN] and has_quote:
         fs[F_DAYSTART] = _total(fs, pf, ist[I_ADOPTED]) - 0.0  # minus the seed's daily_pnl_usd, 0 in a replay
         ist[I_DS_UNKNOWN] = 0

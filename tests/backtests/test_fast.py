@@ -60,6 +60,17 @@ def test_fast_path_matches_the_engine_with_default_params_and_no_iv_column():
     assert_identical(data, StrategyParams())
 
 
+def test_fast_path_matches_the_engine_when_option_quotes_start_after_the_first_model_marks():
+    data = market(days=2, tick_s=5.0, implied_vol=0.1)  # far below the fallback vol: the marks drop when quotes start
+    iv = data.iv.copy()
+    iv[:500] = math.nan
+    data = data.with_changes(iv=iv)
+
+    slow = assert_identical(data, params(max_daily_loss_usd=500.0))
+
+    assert "risk_halt" not in slow.result["blocks"]  # the drop from model to market marks is not the day's loss
+
+
 @settings(max_examples=300, deadline=None)
 @given(spot=st.floats(1.0, 1000.0), strike=st.floats(1.0, 1000.0), t=st.floats(0.0, 2.0),
        vol=st.floats(0.01, 3.0), rate=st.floats(-0.05, 0.2), put=st.booleans())

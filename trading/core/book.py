@@ -25,6 +25,7 @@ class Leg:
     iv: float | None = None
     iv_source: str = "fallback"
     greeks: tuple[float, float, float, float, float] = (math.nan, math.nan, math.nan, math.nan, math.nan)
+    market_marked: bool = False  # marked at its market mid (else at its model price)
 
     @property
     def mid(self) -> float | None:

@@ -643,8 +643,13 @@ class Engine:
         self.pnl.mark(HEDGE_KEY, spot)
         iv_sum = 0.0
         for leg in self.book.legs.values():
-            mark = leg.mid if leg.mid is not None else leg.greeks[0]
-            self.pnl.mark(str(leg.contract.con_id), mark)
+            mid = leg.mid
+            mark = mid if mid is not None else leg.greeks[0]
+            if (mid is not None) != leg.market_marked:  # e.g. the first option quote after model marks
+                self.pnl.remark(str(leg.contract.con_id), mark)
+                leg.market_marked = mid is not None
+            else:
+                self.pnl.mark(str(leg.contract.con_id), mark)
             iv_sum += leg.iv or 0.0
         elapsed_days = 0.0 if self._last_move_at is None else (now - self._last_move_at).total_seconds() / 86400.0
         self._last_move_at = now

@@ -102,6 +102,15 @@ class PnlLedger:
         if h is not None and math.isfinite(price):
             h.mark = price
 
+    def remark(self, key: str, price: float) -> None:
+        """Mark at a price from another source (model price <-> market mid): that jump is not the day's P&L, so
+        the day's baseline moves with it."""
+        h = self.holdings.get(key)
+        if h is not None and math.isfinite(price):
+            before = h.unrealized_usd
+            h.mark = price
+            self.day_start_total_usd += h.unrealized_usd - before
+
     def on_market_move(self, spot: float, iv: float | None, gamma_shares: float, theta_usd_per_day: float,
                        vega_usd_per_point: float, elapsed_days: float) -> None:
         """Attribute the book's move since the last tick: ½Γ·dS², θ·dt, vega·dσ (in vol points)."""

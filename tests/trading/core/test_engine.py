@@ -384,6 +384,21 @@ def test_an_old_unrealized_loss_on_adopted_legs_is_not_todays_loss() -> None:
     assert h.engine.state == TradingState.MONITOR
 
 
+def test_option_quotes_arriving_after_the_first_model_marks_do_not_jolt_the_daily_pnl() -> None:
+    h = started()  # the first stock quote marked the legs at their model price (fallback vol): the day starts there
+    model_mark = h.engine.pnl.holdings["101"].mark
+    assert h.engine.pnl.snapshot("hedge").daily_usd == pytest.approx(0.0)
+
+    h.option_quote(CALL, model_mark + 2.0)  # the market prices the call 2 dollars above the model
+    h.option_quote(PUT, h.engine.pnl.holdings["102"].mark + 2.0)
+
+    assert h.engine.pnl.holdings["101"].mark == pytest.approx(model_mark + 2.0)
+    assert h.engine.pnl.unrealized_usd > 3000.0  # the marks moved 2 x 10 x 100 x 2 ...
+    assert h.engine.pnl.snapshot("hedge").daily_usd == pytest.approx(0.0, abs=1e-6)  # ... but not today's P&L
+    h.option_quote(CALL, model_mark + 3.0, after_s=1.0)
+    assert h.engine.pnl.snapshot("hedge").daily_usd == pytest.approx(1000.0)  # a market move after that counts
+
+
 def test_the_operator_selling_managed_contracts_does_not_jolt_the_daily_pnl() -> None:
     bought_cheap = (BrokerPosition(CALL, 10, avg_cost=4.0 * 100), BrokerPosition(PUT, 10, avg_cost=4.0 * 100))
     h = started(account=bought_cheap)
