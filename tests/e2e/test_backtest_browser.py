@@ -16,6 +16,16 @@ pytestmark = [
 ]
 
 
+def _text(driver, element_id: str) -> str:
+    """The element's text, or "" while the page reloads (it refreshes itself until the run has finished)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    try:
+        return str(driver.find_element("id", element_id).text)
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
+
+
 def _set(driver, element_id: str, text: str) -> None:
     field = driver.find_element("id", element_id)
     field.clear()
@@ -34,14 +44,13 @@ def test_a_viewer_queues_a_backtest_from_the_page_and_reads_its_charts(system, b
 
     _set(browser, "id_run-params_text", '{"cooldown_s": 30, "trading_hours_only": false}')
     browser.find_element("css selector", '#backtest-form button[name="queue_run"]').click()
-    wait_until(lambda: "/backtests/" in browser.current_url and browser.find_elements("id", "run-state"), 10,
-               "the run's page")
+    wait_until(lambda: _text(browser, "run-state"), 10, "the run's page")
     run = BacktestRun.objects.get()
     assert run.state == RunState.QUEUED and run.params["cooldown_s"] == 30 and run.created_by == "vera"
 
     system["supervisor"].supervisor.startProcess("worker")
     try:
-        wait_until(lambda: "done" in browser.find_element("id", "run-state").text, 90, "the worker to finish it")
+        wait_until(lambda: "done" in _text(browser, "run-state"), 90, "the worker to finish it")
     finally:
         shot(browser, "backtest-detail")
     assert len(browser.find_elements("css selector", "svg.chart")) >= 2
