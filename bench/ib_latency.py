@@ -114,6 +114,8 @@ async def trade(port: int, lib: str) -> None:
     while not engine.book.legs:
         await asyncio.sleep(0.05)
     await broker.subscribe(params.underlying, [leg.contract for leg in engine.book.legs.values()])
+    gc.collect()
+    gc.freeze()  # as run_daemon does with its start-up heap
     while broker.connected:
         await asyncio.sleep(0.5)
 
