@@ -17,7 +17,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from monitor.permissions import CanOperate, CanView
-from monitor.selectors import account_get, positions_list, status_payload_get
+from monitor.selectors import account_get, positions_list, status_payload_recent
 from trading.errors import ControlCommandError
 from trading.models import ControlCommand, Decision, Fill, Operation, Order
 from trading.services import control_command_create
@@ -169,7 +169,7 @@ class StatusGetApi(APIView):
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="Lamp, verdict, every reason and check, key figures")
     def get(self, request: Request) -> Response:
-        return Response(status_payload_get())
+        return Response(status_payload_recent())
 
 
 class PositionListApi(APIView):

@@ -13,7 +13,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from monitor.permissions import is_viewer
-from monitor.selectors import status_payload_get
+from monitor.selectors import status_payload_get, status_payload_recent
 
 STATUS_GROUP = "status"
 POLL_S = 0.5
@@ -39,15 +39,14 @@ class StatusConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(STATUS_GROUP, self.channel_name)
 
     async def status_changed(self, event: dict[str, Any]) -> None:
-        await self._push()
+        await self._push(await database_sync_to_async(status_payload_get)())  # the change itself: read it fresh
 
     async def _poll(self) -> None:
         while True:
-            await self._push()
+            await self._push(await database_sync_to_async(status_payload_recent)())
             await asyncio.sleep(POLL_S)
 
-    async def _push(self) -> None:
-        payload = await database_sync_to_async(status_payload_get)()
+    async def _push(self, payload: dict[str, Any]) -> None:
         # heartbeat_age_s changes on every read; it alone is no change worth a message.
         fingerprint = json.dumps({**payload, "daemon": {**payload["daemon"], "heartbeat_age_s": None}},
                                  sort_keys=True, default=str)

@@ -27,6 +27,14 @@ def _fresh_throttles():
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_status_reuse(monkeypatch):
+    """The web reuses a judged status payload for 0.2 s: each test starts without one built by another."""
+    from monitor import selectors
+
+    monkeypatch.setattr(selectors, "_recent", (-float("inf"), {}))
+
+
 def _user(name: str, group: str | None) -> User:
     user = User.objects.create_user(name, password="pw-" + name)
     if group:

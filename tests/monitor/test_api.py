@@ -200,3 +200,18 @@ def test_lamp_page_needs_login_and_shows_controls_only_to_operators(client, view
 
     assert 'id="lamp"' in as_viewer and 'data-command="pause"' not in as_viewer
     assert 'data-command="pause"' in as_operator and 'data-command="start"' in as_operator
+
+
+def test_a_judged_status_is_reused_for_a_fifth_of_a_second_then_read_again(viewer_api, monkeypatch):
+    from monitor import selectors
+
+    assert viewer_api.get("/api/status/").json()["market"]["symbol"] is None
+    payload = selectors._empty_payload()
+    payload["market"]["symbol"] = "NVDA"
+    StatusCurrent.objects.create(id=1, ts=timezone.now(), daemon_state="running", trading_state="monitor",
+                                 verdict="ok", payload=payload)
+
+    assert viewer_api.get("/api/status/").json()["market"]["symbol"] is None  # the same judged payload, reused
+    built_at, reused = selectors._recent
+    monkeypatch.setattr(selectors, "_recent", (built_at - selectors.STATUS_REUSE_S, reused))  # 0.2 s later
+    assert viewer_api.get("/api/status/").json()["market"]["symbol"] == "NVDA"
