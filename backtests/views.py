@@ -15,7 +15,7 @@ from backtests import charts, services
 from backtests.errors import BacktestStateError
 from backtests.forms import BacktestRunForm, SweepForm
 from backtests.models import BacktestRun, Sweep
-from backtests.stats import stats_report
+from backtests.stats import PERIODS, stats_report
 from monitor.permissions import is_viewer
 from trading.errors import BifrostError
 
@@ -151,7 +151,10 @@ def stats_page(request: HttpRequest) -> HttpResponse:
     if not is_viewer(request.user):
         return _forbidden(request)
     period = request.GET.get("period", "day")
-    report = stats_report(period=period if period in ("day", "week", "month") else "day")
+    if period not in PERIODS:
+        return render(request, "backtests/stats.html", {"error": f"period: expected one of {', '.join(PERIODS)}, "
+                                                                 f"got {period!r}"}, status=400)
+    report = stats_report(period=period)
     periods = report["periods"]
     figures = {
         "pnl": charts.bar_chart([(p["label"], float(p.get("pnl_usd") or 0.0)) for p in periods[-30:]], "USD"),

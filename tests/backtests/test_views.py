@@ -91,6 +91,8 @@ def test_the_statistics_page_renders_from_history(page):
         response = page.get("/stats/", {"period": period})
         assert response.status_code == 200
         assert "P&amp;L per " + period in response.content.decode()
+    refused = page.get("/stats/", {"period": "fortnight"})
+    assert refused.status_code == 400 and "period: expected one of day, week, month" in refused.content.decode()
 
 
 def test_the_pages_need_a_login_and_a_role(client, django_user_model):
