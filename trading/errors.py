@@ -6,13 +6,17 @@ class BifrostError(Exception):
     """Base of everything Bifrost raises on purpose."""
 
 
-class ConfigError(BifrostError):
-    """A parameter set or setting is invalid; `field` names the culprit."""
+class FieldError(BifrostError):
+    """A refusal that names the field at fault and why."""
 
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+
+class ConfigError(FieldError):
+    """A parameter set or setting is invalid; `field` names the culprit."""
 
 
 class BrokerError(BifrostError):
@@ -47,10 +51,5 @@ class TransitionError(BifrostError):
         self.trigger = trigger
 
 
-class ControlCommandError(BifrostError):
+class ControlCommandError(FieldError):
     """A control command was refused (unknown command, bad arguments)."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
