@@ -24,6 +24,7 @@ from backtests import data as tickdata
 from backtests.errors import BacktestStateError
 from backtests.models import ACTIVE_STATES, BacktestRun, DailyStats, MarketDataset, RunState, Sweep
 from backtests.replay import Cancelled, parse_start_position, run_backtest
+from trading.core.calendar import trading_date
 from trading.core.gates import GATE_REASONS
 from trading.core.params import StrategyParams
 from trading.errors import ConfigError, DataFileError
@@ -430,7 +431,7 @@ def stats_rollup(*, days: int = 7, now: datetime | None = None) -> int:
     from backtests import stats
 
     now = now or timezone.now()
-    until = stats.et_date(now) + timedelta(days=1)
+    until = trading_date(now) + timedelta(days=1)
     since = until - timedelta(days=days)
     report = stats.stats_report(period="day", since=since, until=until)
     written = 0

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from django.db import connection
 
-from trading.core.calendar import ET
+from trading.core.calendar import ET, trading_date
 from trading.core.gates import GATE_REASONS
 from trading.models import Decision, Fill, Order, StatusHistory
 
@@ -35,10 +35,6 @@ SECONDS_PER_YEAR = 365.0 * 86_400.0
 MAX_RETURN_GAP_S = 300.0  # longer gaps (the daemon was down) are not returns
 RV_MAX_SAMPLES = 100_000
 EPOCH_DATE = date(1970, 1, 1)
-
-
-def et_date(ts: datetime) -> date:
-    return ts.astimezone(ET).date()
 
 
 def _midnight(day: date) -> datetime:
@@ -121,7 +117,7 @@ def _bounds(since: date | datetime | None, until: date | datetime | None) -> tup
     """[start, end) in UTC, within the trading dates that have history (so a range of centuries costs nothing).
     A date means that whole trading date (until inclusive); a datetime is exact."""
     first, last = _history_span()
-    start, end = _midnight(et_date(first)), _midnight(et_date(last) + timedelta(days=1))
+    start, end = _midnight(trading_date(first)), _midnight(trading_date(last) + timedelta(days=1))
     if isinstance(since, datetime):
         start = max(start, since)
     elif since is not None:
@@ -256,7 +252,7 @@ def _daily(start: datetime, end: datetime) -> dict[int, _Day]:
         # indexed lookup per day of the range.
         fields = ", ".join(sql.json_num("payload", *path) for path in (
             ("pnl", "daily_usd"), ("pnl", "gamma_usd"), ("pnl", "theta_usd"), ("book", "legs", 0, "iv")))
-        day = et_date(start)
+        day = trading_date(start)
         while _midnight(day) < end:
             lo, hi = max(start, _midnight(day)), min(end, _midnight(day + timedelta(days=1)))
             cur.execute(f"SELECT {fields} FROM {history_t} WHERE ts >= %s AND ts < %s ORDER BY ts DESC, id DESC "
