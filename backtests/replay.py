@@ -61,7 +61,7 @@ from trading.core.gates import GATE_REASONS, evaluate_gates
 from trading.core.greeks import bs_price, year_fraction
 from trading.core.params import StrategyParams
 from trading.errors import ConfigError
-from trading.sim.market import FillModel, MarketConfig, con_id_for, local_symbol_for
+from trading.sim.market import FillModel, MarketConfig, con_id_for, first_friday_on_or_after, local_symbol_for
 
 FloatArray = npt.NDArray[np.float64]
 MULTIPLIER = 100
@@ -111,11 +111,10 @@ def _strike_step(spot: float) -> float:
 
 
 def _first_friday_in(day0: date, min_dte: int, max_dte: int) -> date:
-    for dte in range(min_dte, max_dte + 1):
-        candidate = day0 + timedelta(days=dte)
-        if candidate.weekday() == 4:
-            return candidate
-    return day0 + timedelta(days=min_dte)
+    """The first Friday with DTE in min_dte..max_dte, else the day at min_dte."""
+    earliest = day0 + timedelta(days=min_dte)
+    friday = first_friday_on_or_after(earliest)
+    return friday if (friday - day0).days <= max_dte else earliest
 
 
 @dataclass(frozen=True)

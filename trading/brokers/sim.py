@@ -26,7 +26,14 @@ from trading.core.events import (
     Side,
 )
 from trading.errors import BrokerError, ConfigError
-from trading.sim.market import MarketConfig, MarketModel, con_id_for, local_symbol_for, seed_account
+from trading.sim.market import (
+    MarketConfig,
+    MarketModel,
+    average_cost_after,
+    con_id_for,
+    local_symbol_for,
+    seed_account,
+)
 
 log = logging.getLogger(__name__)
 STARTING_CASH_USD = 1_000_000.0
@@ -236,10 +243,7 @@ class SimBroker:
             contract = Contract(con_id, symbol, "STK", local_symbol=local_symbol_for(symbol, "STK"))
             holding = self._holdings[con_id] = _Holding(contract, 0.0, price)
         signed = qty if side == "BUY" else -qty
-        total = holding.qty + signed
-        if total != 0 and (holding.qty == 0 or (holding.qty > 0) == (signed > 0)):
-            holding.avg_price = (holding.avg_price * holding.qty + price * signed) / total
-        holding.qty = total
+        holding.qty, holding.avg_price = average_cost_after(holding.qty, holding.avg_price, signed, price)
         self._cash -= signed * price + commission
 
     def _mark(self, contract: Contract, now: datetime) -> float | None:

@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from trading.core.events import Contract, OrderType, Side
 from trading.core.greeks import Greeks, Right, bs_greeks, year_fraction
+from trading.core.pnl import Holding
 from trading.errors import ConfigError
 
 SecType = Literal["STK", "OPT"]
@@ -366,7 +367,15 @@ _MANUAL_CALL_MONEYNESS = 1.5  # strike / spot of the manual far-OTM call
 _OPTION_MULTIPLIER = 100
 
 
-def _first_friday_on_or_after(day: date) -> date:
+def average_cost_after(qty: float, avg_price: float, signed_qty: float, price: float) -> tuple[float, float]:
+    """The account's (qty, average price) after a trade, booked as the P&L ledger books it (crossing through zero
+    opens the rest at the trade's price)."""
+    position = Holding(qty=qty, avg_cost=avg_price)
+    position.trade(signed_qty, price)
+    return position.qty, position.avg_cost
+
+
+def first_friday_on_or_after(day: date) -> date:
     return day + timedelta(days=(4 - day.weekday()) % 7)
 
 
@@ -404,9 +413,9 @@ def seed_account(config: MarketConfig, now: datetime, *, straddles: int = 10,
     today_ny = now.astimezone(_EASTERN).date()
     symbol = config.symbol
     strike = float(max(5, round(config.spot0 / 5) * 5))
-    expiry = _first_friday_on_or_after(today_ny + timedelta(days=28))
+    expiry = first_friday_on_or_after(today_ny + timedelta(days=28))
     far_strike = float(max(5, round(config.spot0 * _MANUAL_CALL_MONEYNESS / 5) * 5))
-    far_expiry = _first_friday_on_or_after(today_ny + timedelta(days=63))
+    far_expiry = first_friday_on_or_after(today_ny + timedelta(days=63))
     positions = [
         _option(model, symbol, "C", strike, expiry, float(straddles), now),
         _option(model, symbol, "P", strike, expiry, float(straddles), now),

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from trading.core.events import Side
-from trading.sim.market import MarketConfig, MarketModel, con_id_for, local_symbol_for, seed_account
+from trading.sim.market import (
+    MarketConfig,
+    MarketModel,
+    average_cost_after,
+    con_id_for,
+    first_friday_on_or_after,
+    local_symbol_for,
+    seed_account,
+)
 from trading.sim.tws_protocol import (
     MIN_CLIENT_VERSION,
     SERVER_VERSION,
@@ -113,7 +121,7 @@ class Catalog:
         self.by_id: dict[int, SimContract] = {}
         for symbol in {config.symbol, *OTHER_STOCK_PRICES}:
             self.add(stock(symbol))
-        first_friday = today + timedelta(days=(4 - today.weekday()) % 7)
+        first_friday = first_friday_on_or_after(today)
         low, high = max(5, round(config.spot0 * 0.5 / 5) * 5), round(config.spot0 * 1.7 / 5) * 5
         for week in range(CHAIN_WEEKS):
             expiry = first_friday + timedelta(weeks=week)
@@ -863,12 +871,7 @@ class TwsServer:
         if holding is None:
             holding = self.holdings[c.con_id] = Holding(c, 0.0, price)
         signed = qty if side == "BUY" else -qty
-        total = holding.qty + signed
-        if total != 0 and (holding.qty == 0 or (holding.qty > 0) == (signed > 0)):
-            holding.avg_price = (holding.avg_price * holding.qty + price * signed) / total
-        elif total != 0 and (holding.qty > 0) != (total > 0):
-            holding.avg_price = price  # crossed through zero: the rest opened at this price
-        holding.qty = total
+        holding.qty, holding.avg_price = average_cost_after(holding.qty, holding.avg_price, signed, price)
         self.cash -= signed * price * c.multiplier + commission
         return holding
 

@@ -17,7 +17,9 @@ from trading.sim.market import (
     MarketConfig,
     MarketModel,
     StockQuote,
+    average_cost_after,
     con_id_for,
+    first_friday_on_or_after,
     generate_ticks,
     local_symbol_for,
     seed_account,
@@ -372,3 +374,16 @@ def test_market_config_refuses_an_impossible_value_and_names_the_field(field, va
 def test_generate_ticks_refuses_a_naive_start():
     with pytest.raises(ValueError, match="timezone"):
         generate_ticks(MarketConfig(), 0, datetime(2026, 3, 10, 15, 0), 10, 1.0)
+
+
+def test_the_accounts_average_price_is_booked_like_the_ledger_even_through_zero():
+    assert average_cost_after(100, 170.0, 50, 176.0) == (150, 172.0)  # adding averages in
+    assert average_cost_after(100, 170.0, -40, 180.0) == (60, 170.0)  # reducing keeps the average
+    assert average_cost_after(100, 170.0, -130, 180.0) == (-30, 180.0)  # through zero: the rest opened at 180
+    assert average_cost_after(0, 0.0, -20, 181.0) == (-20, 181.0)
+
+
+def test_first_friday_on_or_after():
+    assert first_friday_on_or_after(date(2026, 11, 23)) == date(2026, 11, 27)  # a Monday
+    assert first_friday_on_or_after(date(2026, 11, 27)) == date(2026, 11, 27)
+
