@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from django import forms
-from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -16,7 +15,7 @@ from backtests.errors import BacktestStateError
 from backtests.forms import BacktestRunForm, SweepForm
 from backtests.models import BacktestRun, Sweep
 from backtests.stats import PERIODS, stats_report
-from monitor.permissions import is_viewer
+from monitor.permissions import viewer_required
 from trading.errors import BifrostError
 
 # What the forms start with: a one-day synthetic market that anyone can replay without data.
@@ -25,15 +24,9 @@ DEMO_PARAMS = '{"trading_hours_only": false}'
 DEMO_GRID = '{"cooldown_s": [0, 30, 120], "min_price_move_bps": [0, 10, 25]}'
 
 
-def _forbidden(request: HttpRequest) -> HttpResponse:
-    return render(request, "monitor/forbidden.html", status=403)
-
-
-@login_required
+@viewer_required
 def backtest_list(request: HttpRequest) -> HttpResponse:
     """The runs and sweeps, newest first, and the forms that queue them (the admin's forms, the API's services)."""
-    if not is_viewer(request.user):
-        return _forbidden(request)
     user = request.user.get_username()
     run_form = BacktestRunForm(prefix="run", initial={"synthetic_text": DEMO_SYNTHETIC, "params_text": DEMO_PARAMS,
                                                       "start_position": "straddle:10"})
@@ -83,32 +76,26 @@ def _refuse(form: forms.Form, exc: BifrostError) -> None:
         form.add_error(None, f"{field}: {reason}" if field else reason)
 
 
-@login_required
+@viewer_required
 @require_POST
 def backtest_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
-    if not is_viewer(request.user):
-        return _forbidden(request)
     run = get_object_or_404(BacktestRun, pk=run_id)
     with contextlib.suppress(BacktestStateError):  # finished meanwhile: the page shows how it ended
         services.backtest_run_cancel(run=run, user=request.user.get_username())
     return redirect("backtest-detail", run_id=run.pk)
 
 
-@login_required
+@viewer_required
 @require_POST
 def sweep_cancel(request: HttpRequest, sweep_id: int) -> HttpResponse:
-    if not is_viewer(request.user):
-        return _forbidden(request)
     sweep = get_object_or_404(Sweep, pk=sweep_id)
     with contextlib.suppress(BacktestStateError):
         services.sweep_cancel(sweep=sweep, user=request.user.get_username())
     return redirect("sweep-detail", sweep_id=sweep.pk)
 
 
-@login_required
+@viewer_required
 def backtest_detail(request: HttpRequest, run_id: int) -> HttpResponse:
-    if not is_viewer(request.user):
-        return _forbidden(request)
     run = get_object_or_404(BacktestRun, pk=run_id)
     result: dict[str, Any] = run.result or {}
     figures = {}
@@ -128,10 +115,8 @@ def backtest_detail(request: HttpRequest, run_id: int) -> HttpResponse:
                                                      "source": source})
 
 
-@login_required
+@viewer_required
 def sweep_detail(request: HttpRequest, sweep_id: int) -> HttpResponse:
-    if not is_viewer(request.user):
-        return _forbidden(request)
     sweep = get_object_or_404(Sweep, pk=sweep_id)
     ranked = sweep.results or []
     varied = (sweep.spec or {}).get("varied") or []
@@ -146,10 +131,8 @@ def sweep_detail(request: HttpRequest, sweep_id: int) -> HttpResponse:
                                                     "heat": heat, "guards": guards})
 
 
-@login_required
+@viewer_required
 def stats_page(request: HttpRequest) -> HttpResponse:
-    if not is_viewer(request.user):
-        return _forbidden(request)
     period = request.GET.get("period", "day")
     if period not in PERIODS:
         return render(request, "backtests/stats.html", {"error": f"period: expected one of {', '.join(PERIODS)}, "

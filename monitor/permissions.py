@@ -1,9 +1,14 @@
 """Who may read and who may steer: the `viewer` and `operator` groups (superusers pass both)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
@@ -31,3 +36,15 @@ class CanOperate(BasePermission):
 
     def has_permission(self, request: Request, view: Any) -> bool:
         return is_operator(request.user)
+
+
+def viewer_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """For pages: log in first, then the viewer or operator role, else the 403 page."""
+    @wraps(view)
+    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not is_viewer(request.user):
+            return render(request, "monitor/forbidden.html", status=403)
+        return view(request, *args, **kwargs)
+
+    return login_required(guarded)
+
