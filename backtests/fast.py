@@ -203,12 +203,9 @@ def _roll_day(now: int, fs: np.ndarray, ist: np.ndarray, pf: np.ndarray, bounds:
 
 @nb.njit(cache=True, inline="always")
 def _is_open(now: int, ist: np.ndarray, fs: np.ndarray, opens: np.ndarray, closes: np.ndarray) -> bool:
-    checked = ist[I_CHECKED]
-    if checked == NONE_I or abs((now - checked) / 1e6) >= 1.0:
-        ts = now / 1e6
-        k = np.searchsorted(opens, ts, side="right") - 1
-        fs[F_OPEN] = 1.0 if (k >= 0 and ts < closes[k]) else 0.0
-        ist[I_CHECKED] = now
+    ts = now / 1e6
+    k = np.searchsorted(opens, ts, side="right") - 1
+    fs[F_OPEN] = 1.0 if (k >= 0 and ts < closes[k]) else 0.0
     return fs[F_OPEN] == 1.0
 
 

@@ -326,7 +326,7 @@ class _EventReplay:
         t0 = self.t0
         self.feed(BrokerStatus(True, t0), t0)
         self.feed(PositionsSynced(self.structure.positions(), t0), t0)
-        self.feed(Reconciled((), (), t0), t0)
+        self.feed(Reconciled((), t0), t0)
         self._option_quotes(0, t0)
 
     def _option_quotes(self, i: int, now: datetime) -> None:

@@ -63,7 +63,7 @@ class Run:
         seed_state = EngineSeed(managed=tuple((c, QTY) for c in LEGS))
         self.engine = Engine(params, "bifrost:bench", AlwaysOpenCalendar(), T0, seed_state)
         positions = tuple(BrokerPosition(c, QTY, avg_cost=700.0) for c in LEGS)
-        for event in (BrokerStatus(True, T0), PositionsSynced(positions, T0), Reconciled((), (), T0)):
+        for event in (BrokerStatus(True, T0), PositionsSynced(positions, T0), Reconciled((), T0)):
             self.engine.on_event(event, T0)
         self.spot = SPOT
         self.quotes = self._quotes()

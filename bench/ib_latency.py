@@ -83,12 +83,13 @@ async def serve(port_file: Path, rounds: int) -> dict[str, Any]:
 
 # ---- client: the daemon's trading path, no database -------------------------------------------------------------
 
-async def trade(port: int, lib: str) -> None:
+async def trade(port: int, lib: str, journal_dir: Path | None) -> None:
     from trading.brokers.ib import IBBroker
     from trading.core.calendar import AlwaysOpenCalendar
     from trading.core.engine import Engine
     from trading.core.events import Event, PlaceOrder, PositionsSynced, Reconciled
     from trading.core.params import StrategyParams
+    from trading.daemon.journal import Journal
 
     now = datetime.now(UTC)
     params = StrategyParams.from_dict({"cooldown_s": 0, "min_price_move_bps": 0, "trading_hours_only": False,
@@ -98,10 +99,16 @@ async def trade(port: int, lib: str) -> None:
     broker = IBBroker(port=port, client_id=11, client_lib=lib)
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[Any]] = set()
+    journal = Journal(journal_dir / "journal-bench.jsonl") if journal_dir is not None else None
 
     def on_event(event: Event) -> None:  # Daemon.on_broker_event → _dispatch → _execute
         for action in engine.on_event(event, datetime.now(UTC)):
             if isinstance(action, PlaceOrder):
+                if journal is not None:  # Daemon._why_not_send: the intent is on the disk before the order leaves
+                    journal.append_intent({"order_ref": action.order_ref, "intent": action.intent,
+                                           "symbol": action.symbol, "side": action.side, "qty": action.qty,
+                                           "order_type": action.type, "limit_price": action.limit,
+                                           "account": broker.account, "ts": datetime.now(UTC).isoformat()})
                 task = loop.create_task(broker.place_order(action))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -110,7 +117,7 @@ async def trade(port: int, lib: str) -> None:
     await broker.connect()
     await broker.subscribe(params.underlying, [])
     on_event(PositionsSynced(tuple(m.position for m in await broker.positions()), datetime.now(UTC)))
-    on_event(Reconciled((), (), datetime.now(UTC)))
+    on_event(Reconciled((), datetime.now(UTC)))
     while not engine.book.legs:
         await asyncio.sleep(0.05)
     await broker.subscribe(params.underlying, [leg.contract for leg in engine.book.legs.values()])
@@ -122,7 +129,7 @@ async def trade(port: int, lib: str) -> None:
 
 # ---- orchestration -------------------------------------------------------------------------------------------------
 
-def measure(lib: str, rounds: int, tmp: Path) -> dict[str, Any] | None:
+def measure(lib: str, rounds: int, tmp: Path, intent: bool) -> dict[str, Any] | None:
     python = VENVS[lib]
     if not python.exists():
         print(f"{lib}: skipped, {python.parent.parent.name} does not exist (make test-ib-async creates it)")
@@ -139,7 +146,7 @@ def measure(lib: str, rounds: int, tmp: Path) -> dict[str, Any] | None:
             raise SystemExit("the simulator did not start")
         time.sleep(0.05)
     client = subprocess.Popen([str(python), __file__, "--role", "client", "--lib", lib, "--port",
-                               port_file.read_text()], env=env)
+                               port_file.read_text(), *(["--journal-dir", str(tmp)] if intent else [])], env=env)
     try:
         out, _ = server.communicate(timeout=60 + rounds * 0.2)
     finally:
@@ -157,7 +164,7 @@ def report(lib: str, result: dict[str, Any]) -> bool:
     p50 = statistics.median(lat)
     p99 = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
     ok = p99 <= TARGET_P99_MS
-    print(f"{lib:10s} quote→order over loopback: n={len(lat)} p50={p50:.3f} ms p99={p99:.3f} ms "
+    print(f"{lib:26s} quote→order over loopback: n={len(lat)} p50={p50:.3f} ms p99={p99:.3f} ms "
           f"max={lat[-1]:.3f} ms mean={statistics.fmean(lat):.3f} ms missed={result['missed']}  "
           f"target p99 ≤ {TARGET_P99_MS:g} ms: {'met' if ok else 'MISSED'}")
     return ok
@@ -170,23 +177,32 @@ def main() -> None:
     parser.add_argument("--role", choices=("main", "server", "client"), default="main")
     parser.add_argument("--port", type=int)
     parser.add_argument("--port-file", type=Path)
+    parser.add_argument("--journal-dir", type=Path, help="client: journal each order intent here first (synced)")
+    parser.add_argument("--intent", choices=("on", "off", "both"), default="both",
+                        help="measure with the synced journal intent before each order (as the daemon sends), "
+                             "without it, or both side by side")
     args = parser.parse_args()
     if args.role == "server":
         print(json.dumps(asyncio.run(serve(args.port_file, args.rounds))))
         return
     if args.role == "client":
-        asyncio.run(trade(args.port, args.lib))
+        asyncio.run(trade(args.port, args.lib, args.journal_dir))
         return
     import tempfile
 
     libs = ("ib_insync", "ib_async") if args.lib == "both" else (args.lib,)
-    with tempfile.TemporaryDirectory() as tmp:
-        results = {lib: measure(lib, args.rounds, Path(tmp)) for lib in libs}
+    intents = {"on": (True,), "off": (False,), "both": (False, True)}[args.intent]
+    results = {}
+    (REPO / "var").mkdir(exist_ok=True)
+    for lib in libs:
+        for intent in intents:
+            with tempfile.TemporaryDirectory(dir=REPO / "var") as tmp:  # the daemon's disk, not a tmpfs
+                results[(lib, intent)] = measure(lib, args.rounds, Path(tmp), intent)
     print(f"DESIGN §9 live path: quote bytes from tws_sim → hedge order bytes back, target p99 ≤ {TARGET_P99_MS:g} ms"
           + f"; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    for lib, result in results.items():
+    for (lib, intent), result in results.items():
         if result is not None:
-            report(lib, result)
+            report(f"{lib} {'+ synced intent' if intent else 'no intent'}", result)
 
 
 if __name__ == "__main__":

@@ -186,7 +186,14 @@ BIFROST_HISTORY_S = _env_float("BIFROST_HISTORY_S", 10.0)
 BIFROST_COMMAND_TTL_S = _env_float("BIFROST_COMMAND_TTL_S", 300.0)
 BIFROST_BIND = os.environ.get("BIFROST_BIND", "127.0.0.1:8000")
 BIFROST_WEB_PROCESSES = int(os.environ.get("BIFROST_WEB_PROCESSES", "2"))
-BIFROST_JOURNAL_PATH = Path(os.environ.get("BIFROST_JOURNAL_PATH", VAR_DIR / "journal.jsonl"))
+# Each daemon journals to journal-<lease>.jsonl here; refused records go to journal-rejected.jsonl beside them.
+BIFROST_JOURNAL_DIR = Path(os.environ.get("BIFROST_JOURNAL_DIR", VAR_DIR))
+# How often the daemon re-reads open orders, executions and completed orders while connected.
+BIFROST_RECONCILE_S = _env_float("BIFROST_RECONCILE_S", 30.0)
+# Drill only: the daemon's clock runs this many seconds ahead (negative: behind) of the host's.
+BIFROST_CLOCK_OFFSET_S = _env_float("BIFROST_CLOCK_OFFSET_S", 0.0)
+# The daemon's own database connections give up instead of hanging: a stall is an outage (journal and carry on).
+BIFROST_DAEMON_DB_OPTIONS = {"connect_timeout": 3, "options": "-c statement_timeout=5000 -c lock_timeout=2000"}
 BIFROST_SIM_STATE_PATH = Path(os.environ.get("BIFROST_SIM_STATE_PATH", VAR_DIR / "sim_account.json"))
 BIFROST_SIM_SEED = int(os.environ.get("BIFROST_SIM_SEED", "7"))
 BIFROST_SIM_TICK_S = _env_float("BIFROST_SIM_TICK_S", 0.25)

@@ -12,9 +12,9 @@ from django.utils.dateparse import parse_datetime
 
 from trading.core.selfcheck import verdict_of
 from trading.models import DaemonLease, StatusCurrent
+from trading.selectors import LEASE_STALE_INTERVALS, lease_get, lease_is_fresh
 
 LAMP = {"ok": "green", "degraded": "yellow", "blocked": "red"}
-HEARTBEAT_STALE_INTERVALS = 3
 # How long one judged payload serves every reader of a web process. The daemon writes it once per heartbeat (1 s)
 # and the heartbeat turns stale after 3: 0.2 s more age changes no verdict, and it spares the database two
 # queries per API call and per lamp poll (bench/api_load.py: ~630 -> ~1000 req/s).
@@ -50,29 +50,33 @@ def status_payload_recent() -> dict[str, Any]:
     return payload
 
 
-def status_payload_get(*, now: datetime | None = None) -> dict[str, Any]:
-    """The /api/status/ payload: the daemon's last snapshot, judged by the age of its heartbeat."""
-    now = now or timezone.now()
+def status_payload_get() -> dict[str, Any]:
+    """The /api/status/ payload: the daemon's last snapshot, judged by its lease exactly as the lease itself is —
+    by the database's clock against the holder's own interval — so the lamp and the lease never disagree."""
     current = StatusCurrent.objects.filter(id=1).first()
     payload = copy.deepcopy(current.payload) if current is not None else _empty_payload()
-    lease = DaemonLease.objects.filter(name="daemon").first()
+    lease = lease_get()
     daemon = payload["daemon"]
-    heartbeat_at = parse_datetime(daemon["heartbeat_at"]) if daemon.get("heartbeat_at") else None
-    age_s = (now - heartbeat_at).total_seconds() if heartbeat_at else None
+    age_s = lease.age.total_seconds() if lease is not None else None
     daemon["heartbeat_age_s"] = None if age_s is None else round(age_s, 3)
-    limit_s = settings.BIFROST_HEARTBEAT_S * HEARTBEAT_STALE_INTERVALS
     checks = [c for c in payload["checks"] if c["name"] != "heartbeat"]
     if current is None or lease is None or lease.released_at is not None or daemon["state"] == "stopped":
         daemon["state"] = "stopped"
         checks.append({"name": "heartbeat", "status": "blocked", "reason": "daemon_not_running",
                        "detail": "the daemon is not running"})
-    elif age_s is None or age_s >= limit_s:
+    elif not lease_is_fresh(lease):
+        limit_s = lease.heartbeat_interval.total_seconds() * LEASE_STALE_INTERVALS
         checks.append({"name": "heartbeat", "status": "blocked", "reason": "heartbeat_stale",
-                       "detail": f"last heartbeat {age_s:.1f} s ago (stale after {limit_s:g} s)"
-                       if age_s is not None else "no heartbeat yet"})
+                       "detail": f"last heartbeat {age_s:.1f} s ago (stale after {limit_s:g} s)"})
     else:
         checks.append({"name": "heartbeat", "status": "ok", "reason": "",
                        "detail": f"last heartbeat {age_s:.1f} s ago"})
+        lag_s = _snapshot_lag_s(lease, payload)
+        if lag_s is not None and lag_s >= lease.heartbeat_interval.total_seconds() * LEASE_STALE_INTERVALS:
+            checks = [c for c in checks if c["name"] != "database"]
+            checks.append({"name": "database", "status": "degraded", "reason": "db_unavailable",
+                           "detail": f"the daemon is alive but its last snapshot is {lag_s:.1f} s old: "
+                                     "its database writes are behind (journaling)"})
     payload["checks"] = checks
     reasons = [r for r in payload["block_reasons"] if r not in ("daemon_not_running", "heartbeat_stale")]
     reasons += [c["reason"] for c in checks if c["name"] == "heartbeat" and c["status"] == "blocked"]
@@ -81,6 +85,13 @@ def status_payload_get(*, now: datetime | None = None) -> dict[str, Any]:
     payload["lamp"] = LAMP[payload["verdict"]]
     return payload
 
+
+def _snapshot_lag_s(lease: DaemonLease, payload: dict[str, Any]) -> float | None:
+    """How far the written snapshot trails the daemon's last renewal, both stamped by the daemon's own clock."""
+    snapshot_at = parse_datetime(payload["ts"]) if payload.get("ts") else None
+    if lease.daemon_clock_at is None or snapshot_at is None or payload["daemon"].get("lease") != lease.token:
+        return None
+    return (lease.daemon_clock_at - snapshot_at).total_seconds()
 
 
 def positions_list(*, now: datetime | None = None) -> list[dict[str, Any]]:

@@ -35,6 +35,14 @@ def _fresh_status_reuse(monkeypatch):
     monkeypatch.setattr(selectors, "_recent", (-float("inf"), {}))
 
 
+@pytest.fixture
+def daemon_lease(db):
+    """A daemon holds a fresh lease: commands stay queued for it (this one never takes them)."""
+    from trading.services import lease_acquire
+
+    return lease_acquire(mode="sim", heartbeat_s=60.0)
+
+
 def _user(name: str, group: str | None) -> User:
     user = User.objects.create_user(name, password="pw-" + name)
     if group:

@@ -4,9 +4,11 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.http import HttpRequest
 
+from trading.daemon.journal import DEAD_LETTER_NAME, rejected_records
 from trading.models import (
     AccountSnapshot,
     ControlCommand,
@@ -18,6 +20,7 @@ from trading.models import (
     Operation,
     Order,
     Position,
+    SinkProgress,
     StatusCurrent,
     StatusHistory,
     StrategyConfig,
@@ -173,7 +176,21 @@ class StrategyConfigAdmin(admin.ModelAdmin):
 
 @admin.register(DaemonLease)
 class DaemonLeaseAdmin(ReadOnlyAdmin):
-    list_display = ("name", "owner", "token", "mode", "started_at", "heartbeat_at", "released_at")
+    list_display = ("name", "owner", "token", "mode", "started_at", "heartbeat_at", "heartbeat_interval",
+                    "released_at")
+
+
+@admin.register(SinkProgress)
+class SinkProgressAdmin(ReadOnlyAdmin):
+    """How far each daemon's records reached the database, and the records it refused (the dead-letter file)."""
+
+    list_display = ("source", "last_seq", "updated_at")
+    change_list_template = "admin/trading/sinkprogress/change_list.html"
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        path = settings.BIFROST_JOURNAL_DIR / DEAD_LETTER_NAME
+        return super().changelist_view(request, {**(extra_context or {}), "dead_letter_path": path,
+                                                 "rejected": rejected_records(path)})
 
 
 @admin.register(ControlState)

@@ -2,8 +2,11 @@
 decisions, control commands, strategy configs, the lease, the managed book and the account."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 
 
 class StrategyConfig(models.Model):
@@ -28,7 +31,10 @@ class StrategyConfig(models.Model):
 
 
 class DaemonLease(models.Model):
-    """The single-instance lock: one row per lease name, refreshed by the holder's heartbeat."""
+    """The single-instance lock: one row per lease name, renewed by the holder.
+
+    Freshness is judged by the database's clock (`heartbeat_at` is always written as the database's now()) against
+    the holder's own interval, so neither a newcomer's config nor a host clock can take a healthy daemon's lease."""
 
     name = models.CharField(max_length=50, unique=True, default="daemon")
     token = models.CharField(max_length=32)
@@ -38,10 +44,31 @@ class DaemonLease(models.Model):
     mode = models.CharField(max_length=10, default="sim")
     started_at = models.DateTimeField()
     heartbeat_at = models.DateTimeField()
+    heartbeat_interval = models.DurationField(default=timedelta(seconds=1))
+    # The holder's own clock at its last renewal: compared with its snapshots' time, it shows how far behind
+    # the written status is while the daemon itself is alive (same clock on both sides).
+    daemon_clock_at = models.DateTimeField(null=True, blank=True)
     released_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.owner} ({self.token})"
+
+
+class SinkProgress(models.Model):
+    """How far each daemon's records have been written: the sequence number of the last one applied.
+
+    Written in the same transaction as the records, so a journal replayed after its batch did commit (a write that
+    outlived its deadline, a crash between commit and truncation) applies nothing twice."""
+
+    source = models.CharField(max_length=32, unique=True)  # the writing daemon's lease token
+    last_seq = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "sink progress"
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.last_seq}"
 
 
 class ControlState(models.Model):
@@ -85,7 +112,8 @@ class ControlCommand(models.Model):
     result = models.TextField(blank=True)
     created_by = models.CharField(max_length=150)
     source = models.CharField(max_length=20, default="api")
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Database time, as every age and expiry of a command is judged: no host clock decides what is too old.
+    created_at = models.DateTimeField(db_default=Now(), db_index=True)
     acked_at = models.DateTimeField(null=True, blank=True)
     done_at = models.DateTimeField(null=True, blank=True)
 
@@ -125,6 +153,7 @@ class Order(models.Model):
 
     order_ref = models.CharField(max_length=64, unique=True)
     intent = models.CharField(max_length=10, default="hedge")  # hedge | flatten
+    account = models.CharField(max_length=32, blank=True)
     symbol = models.CharField(max_length=20)
     side = models.CharField(max_length=4)
     qty = models.FloatField()
@@ -153,6 +182,8 @@ class Fill(models.Model):
 
     exec_id = models.CharField(max_length=64, unique=True)
     order_ref = models.CharField(max_length=64, db_index=True)
+    account = models.CharField(max_length=32, blank=True)
+    con_id = models.BigIntegerField(null=True, blank=True)
     symbol = models.CharField(max_length=20)
     side = models.CharField(max_length=4)
     qty = models.FloatField()
@@ -254,10 +285,11 @@ class Position(models.Model):
 
     account = models.CharField(max_length=32)
     con_id = models.BigIntegerField()
-    symbol = models.CharField(max_length=20)
-    local_symbol = models.CharField(max_length=40, blank=True)
-    sec_type = models.CharField(max_length=4)
-    right = models.CharField(max_length=1, blank=True)
+    # Sized for whatever IB sends (CRYPTO, CMDTY, FUND, BAG...; long local symbols), not only for stock and options.
+    symbol = models.CharField(max_length=32)
+    local_symbol = models.CharField(max_length=64, blank=True)
+    sec_type = models.CharField(max_length=16)
+    right = models.CharField(max_length=8, blank=True)
     strike = models.FloatField(null=True, blank=True)
     expiry = models.DateField(null=True, blank=True)
     multiplier = models.IntegerField(default=1)

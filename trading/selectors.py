@@ -1,17 +1,37 @@
 """Reads of the trading tables: what the daemon restores at start and what the control room shows."""
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
-from django.db.models import Sum
+from django.db.models import DurationField, ExpressionWrapper, F, Sum
+from django.db.models.functions import Now
 
 from trading.core.calendar import ET
-from trading.core.engine import EngineSeed
+from trading.core.engine import EXEC_MEMORY_DAYS, BookedFill, EngineSeed
 from trading.core.events import Contract, Side
 from trading.core.pnl import Holding
-from trading.models import ControlState, Fill, ManagedLeg, Order, StatusCurrent
+from trading.models import ControlState, DaemonLease, Fill, ManagedLeg, Order, StatusCurrent
 
 OPEN_ORDER_STATES = ("plan", "sent", "working", "partial", "unknown")
+# A lease is stale after this many of its holder's intervals without a renewal (by the database's clock).
+LEASE_STALE_INTERVALS = 3
+
+
+def lease_age() -> ExpressionWrapper:
+    """How long ago the lease was renewed, measured by the database's clock."""
+    return ExpressionWrapper(Now() - F("heartbeat_at"), output_field=DurationField())
+
+
+def lease_get() -> DaemonLease | None:
+    """The lease row with its age by the database's clock (`.age`)."""
+    return DaemonLease.objects.annotate(age=lease_age()).filter(name="daemon").first()
+
+
+def lease_is_fresh(lease: DaemonLease | None) -> bool:
+    """Held and renewed within LEASE_STALE_INTERVALS of its holder's own interval; `lease` must carry the `age`
+    annotation (`lease_age`), i.e. come from a query that measured it by the database's clock."""
+    return (lease is not None and lease.released_at is None
+            and lease.age < lease.heartbeat_interval * LEASE_STALE_INTERVALS)
 
 
 def engine_seed_load(*, today: date) -> EngineSeed:
@@ -49,13 +69,15 @@ def engine_seed_load(*, today: date) -> EngineSeed:
         hedge_realized_usd=hedge.realized_usd,
         commissions_usd=commissions,
         open_orders=open_orders,
-        seen_exec_ids=frozenset(Fill.objects.values_list("exec_id", flat=True)),
+        recent_fills=tuple(
+            BookedFill(f.exec_id, f.qty if f.side == "BUY" else -f.qty, float(f.price), f.ts)
+            for f in Fill.objects.filter(ts__gte=day_start - timedelta(days=EXEC_MEMORY_DAYS)).order_by("ts", "id")),
         next_seq=1 + max((int(r.rsplit(":", 1)[1]) for r in refs if r.rsplit(":", 1)[1].isdigit()), default=0),
         daily_hedges=todays.count(),
         last_hedge_at=last_order.created_at if last_order else None,
         last_hedge_price=last_price,
-        daily_pnl_usd=float(last_pnl.get("daily_usd") or 0.0) if last_pnl.get("trading_date") == today.isoformat()
-        else 0.0,
+        daily_pnl_usd=float(last_pnl.get("daily_usd") or 0.0),
+        daily_pnl_date=date.fromisoformat(last_pnl["trading_date"]) if last_pnl.get("trading_date") else None,
     )
 
 

@@ -5,13 +5,15 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import DurationField, ExpressionWrapper, F
+from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -28,32 +30,69 @@ from trading.models import (
     Operation,
     Order,
     Position,
+    SinkProgress,
     StatusCurrent,
     StatusHistory,
     StrategyConfig,
 )
+from trading.selectors import lease_age, lease_is_fresh
 
 log = logging.getLogger(__name__)
-LEASE_STALE_INTERVALS = 3
 
 # ---- control commands ----------------------------------------------------------------------------------
 
 
 def control_command_create(*, command: str, reason: str = "", user: str, source: str = "api") -> ControlCommand:
-    """Queue a command for the daemon. An unknown command is refused, never mapped to another one."""
+    """Queue a command for the daemon. An unknown command is refused, never mapped to another one.
+
+    When no daemon is running the command is settled at once (`_settle_offline`), under the lease row's lock so a
+    daemon starting at the same moment either sees its effect in the persisted state or takes it from the queue."""
     if command not in ControlCommand.Command.values:
         raise ControlCommandError("command", f"unknown command {command!r}; expected one of "
                                   + ", ".join(ControlCommand.Command.values))
-    cmd = ControlCommand.objects.create(command=command, reason=reason[:500], created_by=user, source=source)
-    operation_log(kind="command", actor=user, message=f"{command} queued from {source}"
-                  + (f": {reason}" if reason else ""), data={"command_id": cmd.pk})
+    with transaction.atomic():
+        lease = DaemonLease.objects.select_for_update().annotate(age=lease_age()).filter(name="daemon").first()
+        cmd = ControlCommand.objects.create(command=command, reason=reason[:500], created_by=user, source=source)
+        operation_log(kind="command", actor=user, message=f"{command} queued from {source}"
+                      + (f": {reason}" if reason else ""), data={"command_id": cmd.pk})
+        if command != ControlCommand.Command.START and not lease_is_fresh(lease):
+            _settle_offline(cmd)
     if command == ControlCommand.Command.START:
         from trading.supervisor import daemon_start
 
         daemon_start(command=cmd)
     else:
         _notify_daemon(cmd.pk)
+    cmd.refresh_from_db()
     return cmd
+
+
+def _settle_offline(cmd: ControlCommand) -> None:
+    """A command no daemon will take: pause and resume go to the persisted pause state (the next daemon starts
+    paused or not), stop is done (nothing runs), anything else expires — a flatten must never run late."""
+    if cmd.command == ControlCommand.Command.PAUSE:
+        control_state_set(paused=True, paused_reason=cmd.reason or f"paused by {cmd.created_by}")
+        state, result = ControlCommand.State.DONE, "the daemon is not running: it will start paused"
+    elif cmd.command == ControlCommand.Command.RESUME:
+        control_state_set(paused=False, paused_reason="")
+        state, result = ControlCommand.State.DONE, "the daemon is not running: it will start unpaused"
+    elif cmd.command == ControlCommand.Command.STOP:
+        state, result = ControlCommand.State.DONE, "the daemon is not running"
+    else:
+        state, result = ControlCommand.State.EXPIRED, "expired: the daemon is not running (never carried out late)"
+    control_command_finish(command_id=cmd.pk, state=state, result=result)
+    operation_log(kind=f"command_{state}", actor=cmd.created_by, message=f"{cmd.command} #{cmd.pk} {state}: {result}",
+                  data={"command_id": cmd.pk})
+
+
+def control_commands_settle_before(*, started_at: datetime) -> None:
+    """At a daemon's start: commands queued for a daemon that died before taking them are settled as offline."""
+    pending = ControlCommand.objects.filter(state=ControlCommand.State.PENDING, created_at__lt=started_at).exclude(
+        command=ControlCommand.Command.START).order_by("created_at", "pk")
+    for cmd in pending:
+        with transaction.atomic():
+            if ControlCommand.objects.select_for_update().filter(pk=cmd.pk, state=ControlCommand.State.PENDING).exists():
+                _settle_offline(cmd)
 
 
 def _notify_daemon(command_id: int) -> None:
@@ -71,41 +110,40 @@ def _pg_notify(command_id: int) -> None:
         cursor.execute("SELECT pg_notify('bifrost_control', %s)", [str(command_id)])
 
 
-def control_commands_due(*, daemon_started_at: datetime, now: datetime) -> list[ControlCommand]:
-    """Pending commands for the daemon in order, stop first; old ones are expired here instead of returned.
+def control_commands_due() -> list[ControlCommand]:
+    """Pending commands for the daemon in order, stop first; those older than the TTL (by the database's clock)
+    are expired here instead of returned.
 
     Claiming is separate (`control_command_ack`): the daemon applies a command's effect in its own loop first
     and acks it after, so nothing the command forbids can happen after its ack."""
     ttl = timedelta(seconds=settings.BIFROST_COMMAND_TTL_S)
     pending = ControlCommand.objects.filter(state=ControlCommand.State.PENDING).exclude(
-        command=ControlCommand.Command.START)  # start belongs to the supervisor path, not to a running daemon
+        command=ControlCommand.Command.START).annotate(  # start belongs to the supervisor path
+        age=ExpressionWrapper(Now() - F("created_at"), output_field=DurationField()))
     due: list[ControlCommand] = []
     for cmd in sorted(pending, key=lambda c: (c.command != ControlCommand.Command.STOP, c.created_at, c.pk)):
-        if cmd.created_at < daemon_started_at:
-            why = "created before this daemon started"
-        elif now - cmd.created_at > ttl:
-            why = f"older than {ttl.total_seconds():g} s"
-        else:
+        if cmd.age <= ttl:
             due.append(cmd)
             continue
+        why = f"older than {ttl.total_seconds():g} s"
         expired = ControlCommand.objects.filter(pk=cmd.pk, state=ControlCommand.State.PENDING).update(
-            state=ControlCommand.State.EXPIRED, result=f"expired: {why}", done_at=now)
+            state=ControlCommand.State.EXPIRED, result=f"expired: {why}", done_at=Now())
         if expired:
             operation_log(kind="command_expired", message=f"{cmd.command} #{cmd.pk} expired: {why}",
                           data={"command_id": cmd.pk})
     return due
 
 
-def control_command_ack(*, command_id: int, now: datetime) -> bool:
+def control_command_ack(*, command_id: int) -> bool:
     """Atomically move a command from pending to acked; False if someone else already took it."""
     return ControlCommand.objects.filter(pk=command_id, state=ControlCommand.State.PENDING).update(
-        state=ControlCommand.State.ACKED, acked_at=now) == 1
+        state=ControlCommand.State.ACKED, acked_at=Now()) == 1
 
 
-def control_command_finish(*, command_id: int, state: str, result: str, now: datetime | None = None) -> None:
+def control_command_finish(*, command_id: int, state: str, result: str) -> None:
     ControlCommand.objects.filter(pk=command_id).exclude(
         state__in=[ControlCommand.State.DONE, ControlCommand.State.REJECTED, ControlCommand.State.EXPIRED]
-    ).update(state=state, result=result, done_at=now or timezone.now())
+    ).update(state=state, result=result, done_at=Now())
 
 
 def control_state_set(**fields: object) -> ControlState:
@@ -152,37 +190,38 @@ def strategy_params_active() -> tuple[StrategyParams, StrategyConfig]:
 # ---- the lease -----------------------------------------------------------------------------------------
 
 
-def lease_acquire(*, mode: str, heartbeat_s: float, now: datetime) -> DaemonLease:
-    """Take the single-instance lease, or raise LeaseHeldError naming the holder of a fresh one."""
-    stale_before = now - timedelta(seconds=heartbeat_s * LEASE_STALE_INTERVALS)
+def lease_acquire(*, mode: str, heartbeat_s: float) -> DaemonLease:
+    """Take the single-instance lease, or raise LeaseHeldError naming the holder of a fresh one.
+
+    Fresh means: renewed less than LEASE_STALE_INTERVALS of the *holder's* interval ago by the *database's* clock,
+    so a newcomer's shorter heartbeat or a host clock running ahead cannot take a healthy daemon's lease."""
     owner = f"{socket.gethostname()}:{os.getpid()}"
+    fields = dict(token=uuid.uuid4().hex[:8], owner=owner, host=socket.gethostname(), pid=os.getpid(), mode=mode,
+                  started_at=Now(), heartbeat_at=Now(), heartbeat_interval=timedelta(seconds=heartbeat_s),
+                  daemon_clock_at=timezone.now(), released_at=None)
     with transaction.atomic():
-        lease = DaemonLease.objects.select_for_update().filter(name="daemon").first()
-        if lease is not None and lease.released_at is None and lease.heartbeat_at >= stale_before:
-            raise LeaseHeldError(lease.owner, lease.heartbeat_at.isoformat())
-        taken_over = lease is not None and lease.released_at is None
-        fields = dict(token=uuid.uuid4().hex[:8], owner=owner, host=socket.gethostname(), pid=os.getpid(),
-                      mode=mode, started_at=now, heartbeat_at=now, released_at=None)
+        lease = DaemonLease.objects.select_for_update().annotate(age=lease_age()).filter(name="daemon").first()
         if lease is None:
-            lease = DaemonLease.objects.create(name="daemon", **fields)
+            DaemonLease.objects.create(name="daemon", **fields)
         else:
-            previous = lease.owner
-            for k, v in fields.items():
-                setattr(lease, k, v)
-            lease.save()
-            if taken_over:
-                operation_log(kind="lease_takeover", message=f"stale lease of {previous} taken over by {owner}")
-    operation_log(kind="daemon_start", message=f"daemon {owner} started in {mode} mode (lease {lease.token})")
-    return lease
+            if lease_is_fresh(lease):
+                raise LeaseHeldError(lease.owner, lease.heartbeat_at.isoformat())
+            DaemonLease.objects.filter(pk=lease.pk).update(**fields)
+            if lease.released_at is None:
+                operation_log(kind="lease_takeover", message=f"stale lease of {lease.owner} (last renewed "
+                              f"{lease.age.total_seconds():.1f} s ago by the database clock) taken over by {owner}")
+    operation_log(kind="daemon_start", message=f"daemon {owner} started in {mode} mode (lease {fields['token']})")
+    return DaemonLease.objects.get(name="daemon")
 
 
-def lease_heartbeat(*, token: str, now: datetime) -> bool:
+def lease_renew(*, token: str, daemon_clock_at: datetime) -> bool:
+    """Renew our lease at the database's now(); False means another daemon holds it (ours was taken over)."""
     return DaemonLease.objects.filter(name="daemon", token=token, released_at__isnull=True).update(
-        heartbeat_at=now) == 1
+        heartbeat_at=Now(), daemon_clock_at=daemon_clock_at) == 1
 
 
-def lease_release(*, token: str, now: datetime) -> None:
-    DaemonLease.objects.filter(name="daemon", token=token).update(released_at=now, heartbeat_at=now)
+def lease_release(*, token: str) -> None:
+    DaemonLease.objects.filter(name="daemon", token=token).update(released_at=Now(), heartbeat_at=Now())
 
 
 # ---- the operations log --------------------------------------------------------------------------------
@@ -199,11 +238,38 @@ _OPERATION_FIELDS = {"kind", "message", "actor", "order_ref", "side", "qty", "pr
                      "params_hash", "data"}
 
 
-def records_write(records: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
-    """Write a batch of daemon records in one transaction: all of it or none of it (then it is journaled)."""
+def records_write(*, source: str, records: Sequence[tuple[int, str, Mapping[str, Any]]]) -> int:
+    """Write a batch of one daemon's numbered records in one transaction: all of it or none of it.
+
+    Records at or below the source's progress mark were applied before (a replayed journal, a write that outlived
+    its deadline) and are skipped, so a record is never applied twice. Returns how many were applied."""
     with transaction.atomic():
-        for kind, data in records:
-            _WRITERS[kind](data)
+        progress, _ = SinkProgress.objects.select_for_update().get_or_create(source=source)
+        fresh = [(seq, kind, data) for seq, kind, data in records if seq > progress.last_seq]
+        for _, kind, data in fresh:
+            writer = _WRITERS.get(kind)
+            if writer is None:
+                raise ValueError(f"unknown record kind {kind!r}")
+            writer(data)
+        if fresh:
+            SinkProgress.objects.filter(pk=progress.pk).update(last_seq=max(seq for seq, _, _ in fresh))
+    return len(fresh)
+
+
+def order_intents_write(intents: Iterable[Mapping[str, Any]]) -> int:
+    """Orders whose placement was journaled before they left, written if the database never got them: their
+    outcome is unknown until the broker's word (reconciliation) settles it. Idempotent, in any order."""
+    created = 0
+    for data in intents:
+        ts = _ts(data["ts"])
+        _, new = Order.objects.get_or_create(order_ref=data["order_ref"], defaults=dict(
+            intent=data["intent"], account=data.get("account", ""), symbol=data["symbol"], side=data["side"],
+            qty=data["qty"], order_type=data["order_type"], limit_price=_dec(data.get("limit_price")), state="sent",
+            spot_at_decision=data.get("spot_at_decision"), params_hash=data.get("params_hash", ""),
+            message="recovered from the journal: placed, outcome unknown until reconciled", created_at=ts,
+            updated_at=ts))
+        created += new
+    return created
 
 
 def _ts(value: object) -> datetime:
@@ -244,7 +310,7 @@ def _write_order(data: Mapping[str, Any]) -> None:
     ref = data["order_ref"]
     if "side" in data:  # a new order
         Order.objects.update_or_create(order_ref=ref, defaults=dict(
-            intent=data["intent"], symbol=data["symbol"], side=data["side"], qty=data["qty"],
+            intent=data["intent"], account=data.get("account", ""), symbol=data["symbol"], side=data["side"], qty=data["qty"],
             order_type=data["order_type"], limit_price=_dec(data.get("limit_price")), state=data["state"],
             spot_at_decision=data.get("spot_at_decision"), params_hash=data.get("params_hash", ""),
             created_at=ts, updated_at=ts,
@@ -259,11 +325,13 @@ def _write_order(data: Mapping[str, Any]) -> None:
 
 
 def _write_fill(data: Mapping[str, Any]) -> None:
+    if data.get("replaces"):  # a broker's correction: the corrected execution is no longer a fill of ours
+        Fill.objects.filter(exec_id=data["replaces"]).delete()
     _, created = Fill.objects.get_or_create(exec_id=data["exec_id"], defaults=dict(
-        order_ref=data["order_ref"], symbol=data["symbol"], side=data["side"], qty=data["qty"],
+        order_ref=data["order_ref"], account=data.get("account", ""), con_id=data.get("con_id"), symbol=data["symbol"], side=data["side"], qty=data["qty"],
         price=_dec(data["price"]), commission=_dec(data["commission"]), ts=_ts(data["ts"]),
     ))
-    if created:
+    if created or data.get("replaces"):
         order = Order.objects.filter(order_ref=data["order_ref"]).first()
         if order is not None:
             fills = Fill.objects.filter(order_ref=order.order_ref)
@@ -285,7 +353,10 @@ def _write_status(data: Mapping[str, Any]) -> None:
     payload = data["payload"]
     fields = dict(ts=_ts(payload["ts"]), daemon_state=payload["daemon"]["state"],
                   trading_state=payload["trading"]["state"], verdict=payload["verdict"], payload=payload)
-    StatusCurrent.objects.update_or_create(id=1, defaults=fields)
+    # Only the lease holder's snapshot is current: a daemon whose lease was taken over, or a dead one's journal
+    # replayed late, must not flip the control room to its old view.
+    if DaemonLease.objects.filter(name="daemon", token=payload["daemon"].get("lease")).exists():
+        StatusCurrent.objects.update_or_create(id=1, defaults=fields)
     if data.get("history"):
         StatusHistory.objects.create(**fields)
 
@@ -295,8 +366,7 @@ def _write_control_state(data: Mapping[str, Any]) -> None:
 
 
 def _write_command_result(data: Mapping[str, Any]) -> None:
-    control_command_finish(command_id=data["command_id"], state=data["state"], result=data["result"],
-                           now=_ts(data["ts"]))
+    control_command_finish(command_id=data["command_id"], state=data["state"], result=data["result"])
 
 
 def _write_positions(data: Mapping[str, Any]) -> None:
@@ -324,10 +394,6 @@ def _write_account(data: Mapping[str, Any]) -> None:
     )
 
 
-def _write_lease(data: Mapping[str, Any]) -> None:
-    lease_heartbeat(token=data["token"], now=_ts(data["ts"]))
-
-
 _WRITERS = {
     "operation": _write_operation,
     "decision": _write_decision,
@@ -339,5 +405,5 @@ _WRITERS = {
     "command_result": _write_command_result,
     "positions": _write_positions,
     "account": _write_account,
-    "lease": _write_lease,
+    "lease": lambda data: None,  # journals from before the lease was renewed outside the sink
 }

@@ -5,7 +5,7 @@ import xmlrpc.client
 from typing import Any
 
 from django.conf import settings
-from django.utils import timezone
+from django.db.models.functions import Now
 from supervisor.xmlrpc import Faults, SupervisorTransport
 
 from trading.models import ControlCommand
@@ -32,7 +32,7 @@ def daemon_start(*, command: ControlCommand) -> ControlCommand:
     """Carry out a `start` command: ask supervisord to start `daemon` and wait until it is RUNNING."""
     from trading.services import control_command_finish, operation_log
 
-    ControlCommand.objects.filter(pk=command.pk).update(state=ControlCommand.State.ACKED, acked_at=timezone.now())
+    ControlCommand.objects.filter(pk=command.pk).update(state=ControlCommand.State.ACKED, acked_at=Now())
     try:
         supervisor_proxy().supervisor.startProcess(DAEMON_PROGRAM, True)
         state, result = ControlCommand.State.DONE, "daemon program is RUNNING"

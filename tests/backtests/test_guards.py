@@ -13,9 +13,9 @@ from trading.core.gates import GATE_REASONS
 # stops a replay, and greeks are valid for valid quotes: these gates cannot fire in a backtest. (`data_stale`
 # can, but only one way: every quote is evaluated at its own time, so only a fill landing stale_quote_ms or more
 # after the last quote finds the data stale; the engine then sits in `safe`, and the replay reports what blocks
-# the hedge it wants.)
+# the hedge it wants.) The daemon's own safety (its lease, its journal, its clock) is not part of a replay.
 NOT_IN_A_REPLAY = {"paused", "stopping", "broker_disconnected", "no_quote", "greeks_invalid", "not_reconciled",
-                   "no_option_position"}
+                   "no_option_position", "lease_unconfirmed", "journal_unwritable", "clock_skew"}
 
 
 def test_every_gate_reason_has_a_scenario_or_a_reason_it_cannot_fire():

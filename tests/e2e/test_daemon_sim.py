@@ -24,6 +24,7 @@ from trading.models import (
     StatusCurrent,
     StatusHistory,
 )
+from trading.selectors import lease_get, lease_is_fresh
 from trading.services import control_command_create, strategy_config_create
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -196,15 +197,19 @@ def test_restart_keeps_pause(daemon_factory):
     assert not Order.objects.filter(created_at__gt=restarted_at).exists()
 
 
-def test_commands_from_before_the_start_expire_instead_of_executing(daemon_factory):
-    old = _command("pause")
+def test_commands_queued_while_the_daemon_is_down_pause_it_at_start_and_a_flatten_never_runs_late(daemon_factory):
+    pause = _command("pause", "maintenance")
+    flatten = _command("flatten")
+    stop = _command("stop")
 
-    daemon_factory()
-    _running()
-    _wait_command(old)
+    daemon_factory(**FAST)
+    status = _running()
+    time.sleep(1.5)
 
-    assert old.state == "expired"
-    assert ControlState.load().paused is False
+    assert pause.state == "done" and "start paused" in pause.result
+    assert flatten.state == "expired" and stop.state == "done"
+    assert status["daemon"]["state"] == "paused" and status["trading"]["paused"] is True
+    assert not Order.objects.exists()  # paused from its first moment, and no late flatten
 
 
 def test_crashed_daemon_is_never_shown_green(daemon_factory):
@@ -228,11 +233,11 @@ def test_database_outage_loses_nothing_and_reports_degraded(daemon_factory, tmp_
     outage_start = timezone.now()
 
     with _database_outage():
-        journal = wait_until(lambda: (tmp_path / "journal.jsonl").exists(), 15, "the daemon to journal")
+        journal = wait_until(lambda: _journaled_bytes(tmp_path), 15, "the daemon to journal")
         time.sleep(max(2.0, 7.0 - (timezone.now() - outage_start).total_seconds()))
     outage_end = timezone.now()
 
-    wait_until(lambda: not (tmp_path / "journal.jsonl").exists(), 20, "the journal to be replayed")
+    wait_until(lambda: _journaled_bytes(tmp_path) == 0, 20, "the journal to be replayed")
     wait_until(lambda: (s := _status()) and s["ts"] > outage_end.isoformat() and not s["daemon"]["db_degraded"], 20,
                "a fresh snapshot written after the outage")
     history = StatusHistory.objects.filter(ts__gt=outage_start, ts__lt=outage_end)
@@ -240,6 +245,11 @@ def test_database_outage_loses_nothing_and_reports_degraded(daemon_factory, tmp_
     assert any(c["reason"] == "db_unavailable" for h in history for c in h.payload["checks"])
     assert journal
     assert daemon.proc.poll() is None
+
+
+def _journaled_bytes(var_dir) -> int:
+    """What the daemons' journals hold (intent lines and records the database has not confirmed)."""
+    return sum(p.stat().st_size for p in var_dir.glob("journal-*.jsonl") if p.name != "journal-rejected.jsonl")
 
 
 class _database_outage:
@@ -288,3 +298,83 @@ def test_demo_config_shows_hedges_blocks_and_fills_within_the_first_minute(daemo
                "a blocked hedge")
 
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("newcomer", [
+    {"BIFROST_CLOCK_OFFSET_S": "5"},  # its host clock 5 s ahead
+    {"BIFROST_CLOCK_OFFSET_S": "-5"},
+    {"BIFROST_HEARTBEAT_S": "0.02"},  # a much shorter heartbeat than the holder's
+], ids=["clock_ahead_5s", "clock_behind_5s", "faster_heartbeat"])
+def test_a_newcomer_never_takes_a_healthy_daemons_lease(daemon_factory, newcomer):
+    holder = daemon_factory()
+    holding = _running()["daemon"]["lease"]
+
+    code = daemon_factory(**newcomer).wait(20)
+
+    assert code == 3
+    assert lease_get().token == holding and lease_is_fresh(lease_get())
+    assert holder.proc.poll() is None
+
+
+def test_a_frozen_daemon_loses_its_lease_and_exits_4_without_a_single_order(daemon_factory):
+    _fast_config()
+    first = daemon_factory(**FAST)
+    wait_until(lambda: Fill.objects.exists(), 30, "a first hedge")
+    first_token = _status()["daemon"]["lease"]
+
+    first.signal(signal.SIGSTOP)
+    wait_until(lambda: not lease_is_fresh(lease_get()), 10, "the frozen daemon's lease to go stale")
+    second = daemon_factory(**FAST)
+    wait_until(lambda: lease_get().token != first_token, 20, "the takeover")
+    frozen_orders = Order.objects.filter(order_ref__startswith=f"bifrost:{first_token}:").count()
+    first.signal(signal.SIGCONT)
+
+    assert first.wait(15) == 4
+    assert Order.objects.filter(order_ref__startswith=f"bifrost:{first_token}:").count() == frozen_orders
+    assert Operation.objects.filter(kind="lease_lost").exists()
+    assert second.proc.poll() is None
+
+
+@pytest.mark.postgres
+def test_a_locked_status_table_stalls_only_the_sink_the_lease_holds_and_nothing_is_lost(daemon_factory, tmp_path):
+    if connection.vendor != "postgresql":
+        pytest.skip("a table lock is a PostgreSQL drill (SQLite locks the whole file: see the outage test)")
+    _fast_config()
+    holder = daemon_factory(**FAST)
+    wait_until(lambda: Fill.objects.exists(), 30, "a first hedge")
+    token = _status()["daemon"]["lease"]
+
+    with _table_locked("trading_statuscurrent"):
+        wait_until(lambda: _journaled_bytes(tmp_path), 15, "the stalled sink to journal")
+        newcomer = daemon_factory(**FAST)
+        assert newcomer.wait(20) == 3  # the holder's lease stayed fresh: renewed beside the stalled sink
+        assert lease_get().token == token
+    wait_until(lambda: _journaled_bytes(tmp_path) == 0, 30, "the journal to be replayed")
+
+    ours = set(Order.objects.values_list("order_ref", flat=True))
+    assert all(ref.startswith(f"bifrost:{token}:") for ref in ours)
+    fills = Fill.objects.values_list("exec_id", flat=True)
+    assert len(fills) == len(set(fills))
+    assert _status()["daemon"]["lease"] == token
+    assert holder.proc.poll() is None
+
+
+class _table_locked:
+    """Hold an ACCESS EXCLUSIVE lock on a table from another session while the block runs."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+
+    def __enter__(self):
+        import psycopg
+
+        db = connection.settings_dict
+        self.conn = psycopg.connect(host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"] or "postgres",
+                                    dbname=db["NAME"], application_name="bifrost-tests")
+        self.conn.execute(f"LOCK TABLE {self.table} IN ACCESS EXCLUSIVE MODE")
+        return self
+
+    def __exit__(self, *exc):
+        self.conn.rollback()
+        self.conn.close()
+        return False

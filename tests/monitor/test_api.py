@@ -39,7 +39,7 @@ def test_viewer_reads_but_cannot_control(viewer_api):
     assert ControlCommand.objects.count() == 0
 
 
-def test_operator_queues_a_command_and_reads_it_back(operator_api):
+def test_operator_queues_a_command_and_reads_it_back(operator_api, daemon_lease):
     created = operator_api.post("/api/control/", {"command": "pause", "reason": "lunch"}, format="json")
 
     assert created.status_code == 201

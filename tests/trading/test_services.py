@@ -8,19 +8,28 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from trading.errors import ConfigError, ControlCommandError
-from trading.models import ControlCommand, ControlState, Fill, Operation, Order, StrategyConfig
-from trading.selectors import engine_seed_load
+from trading.errors import ConfigError, ControlCommandError, LeaseHeldError
+from trading.models import ControlCommand, ControlState, DaemonLease, Fill, Operation, Order, StrategyConfig
+from trading.selectors import engine_seed_load, lease_get, lease_is_fresh
 from trading.services import (
     control_command_ack,
     control_command_create,
     control_commands_due,
+    control_commands_settle_before,
+    lease_acquire,
+    lease_renew,
+    order_intents_write,
     records_write,
     strategy_config_create,
     strategy_params_active,
 )
 
 pytestmark = pytest.mark.django_db
+
+
+def _renewed_ago(seconds: float) -> None:
+    """Backdate the lease's last renewal (in the test database the database clock is the host clock)."""
+    DaemonLease.objects.update(heartbeat_at=timezone.now() - timedelta(seconds=seconds))
 
 
 def test_unknown_control_command_is_rejected_never_mapped_to_another():
@@ -40,7 +49,7 @@ def test_unknown_control_command_on_the_cli_exits_1_and_queues_nothing(capsys):
     assert ControlCommand.objects.count() == 0
 
 
-def test_control_wait_times_out_with_exit_2_when_no_daemon_takes_it():
+def test_control_wait_times_out_with_exit_2_when_the_running_daemon_does_not_take_it(daemon_lease):
     with pytest.raises(SystemExit) as exited:
         call_command("control", "pause", "--wait", "0.3", "--reason", "lunch")
 
@@ -82,42 +91,62 @@ def test_only_one_config_is_active_and_activation_is_audited():
     assert Operation.objects.filter(kind="config_activated").count() == 2
 
 
-def test_due_commands_come_stop_first_and_old_ones_expire():
-    now = timezone.now()
-    started = now - timedelta(seconds=10)
-    before_start = control_command_create(command="pause", user="op")
-    ControlCommand.objects.filter(pk=before_start.pk).update(created_at=started - timedelta(seconds=1))
+def test_due_commands_come_stop_first_and_old_ones_expire_by_database_time(daemon_lease):
     too_old = control_command_create(command="resume", user="op")
-    ControlCommand.objects.filter(pk=too_old.pk).update(created_at=now - timedelta(seconds=301))
+    ControlCommand.objects.filter(pk=too_old.pk).update(created_at=timezone.now() - timedelta(seconds=301))
     pause = control_command_create(command="pause", user="op")
     stop = control_command_create(command="stop", user="op")
 
-    due = control_commands_due(daemon_started_at=started - timedelta(seconds=400), now=now)
+    due = control_commands_due()
 
-    assert [c.pk for c in due] == [stop.pk, before_start.pk, pause.pk]
+    assert [c.pk for c in due] == [stop.pk, pause.pk]
     too_old.refresh_from_db()
     assert too_old.state == "expired" and "older than 300 s" in too_old.result
 
 
-def test_a_command_is_acked_once_only():
+def test_a_command_is_acked_once_only(daemon_lease):
     cmd = control_command_create(command="pause", user="op")
 
-    first = control_command_ack(command_id=cmd.pk, now=timezone.now())
-    second = control_command_ack(command_id=cmd.pk, now=timezone.now())
+    first = control_command_ack(command_id=cmd.pk)
+    second = control_command_ack(command_id=cmd.pk)
 
     cmd.refresh_from_db()
     assert (first, second) == (True, False)
     assert cmd.state == "acked" and cmd.acked_at is not None
 
 
-def test_command_created_before_the_daemon_started_expires():
-    cmd = control_command_create(command="flatten", user="op")
+def test_commands_while_no_daemon_runs_settle_at_once_pause_persisted_flatten_never_late():
+    pause = control_command_create(command="pause", reason="weekend", user="op")
+    flatten = control_command_create(command="flatten", user="op")
+    stop = control_command_create(command="stop", user="op")
 
-    due = control_commands_due(daemon_started_at=timezone.now(), now=timezone.now())
+    assert pause.state == "done" and "start paused" in pause.result
+    assert ControlState.load().paused is True and ControlState.load().paused_reason == "weekend"
+    assert flatten.state == "expired" and "not running" in flatten.result
+    assert stop.state == "done" and "not running" in stop.result
 
-    cmd.refresh_from_db()
-    assert due == []
-    assert cmd.state == "expired" and "before this daemon started" in cmd.result
+    resume = control_command_create(command="resume", user="op")
+
+    assert resume.state == "done" and ControlState.load().paused is False
+
+
+def test_commands_left_pending_by_a_dead_daemon_are_settled_when_the_next_one_starts(daemon_lease):
+    pause = control_command_create(command="pause", user="op")
+    reset = control_command_create(command="reset_halt", user="op")
+    _renewed_ago(200)  # the daemon died without taking them
+    successor = lease_acquire(mode="sim", heartbeat_s=1.0)
+
+    control_commands_settle_before(started_at=successor.started_at)
+
+    pause.refresh_from_db()
+    reset.refresh_from_db()
+    assert pause.state == "done" and ControlState.load().paused is True
+    assert reset.state == "expired"
+    assert control_commands_due() == []
+
+
+def _numbered(*records: tuple[str, dict], start: int = 1) -> list[tuple[int, str, dict]]:
+    return [(start + i, kind, data) for i, (kind, data) in enumerate(records)]
 
 
 def _order(ref: str, side: str = "BUY", qty: float = 50) -> tuple[str, dict]:
@@ -132,18 +161,41 @@ def _fill(ref: str, exec_id: str, side: str, qty: float, price: float) -> tuple[
 
 
 def test_fills_are_idempotent_and_update_their_order():
-    records_write([_order("bifrost:a:1"), _fill("bifrost:a:1", "e1", "BUY", 50, 180.0)])
-    records_write([_fill("bifrost:a:1", "e1", "BUY", 50, 180.0)])  # a journal replay repeats it
+    records_write(source="a", records=_numbered(_order("bifrost:a:1"), _fill("bifrost:a:1", "e1", "BUY", 50, 180.0)))
+    records_write(source="b", records=_numbered(_fill("bifrost:a:1", "e1", "BUY", 50, 180.0)))
 
     order = Order.objects.get()
     assert Fill.objects.count() == 1
     assert order.filled_qty == 50 and float(order.avg_price) == 180.0
 
 
+def test_a_replayed_batch_is_never_applied_twice():
+    batch = _numbered(_order("bifrost:a:1"), ("operation", {"ts": timezone.now().isoformat(), "kind": "note",
+                                                            "message": "once"}))
+    first = records_write(source="a", records=batch)
+
+    again = records_write(source="a", records=batch)  # a journal replayed after its batch did commit
+
+    assert (first, again) == (2, 0)
+    assert Operation.objects.filter(kind="note").count() == 1
+
+
+def test_order_intents_create_a_row_only_for_an_order_the_database_never_got():
+    records_write(source="a", records=_numbered(_order("bifrost:a:1")))
+    Order.objects.filter(order_ref="bifrost:a:1").update(state="filled")
+    intent = {k: v for k, v in _order("bifrost:a:2")[1].items() if k != "state"}
+
+    created = order_intents_write([{**_order("bifrost:a:1")[1]}, intent])
+
+    assert created == 1
+    assert Order.objects.get(order_ref="bifrost:a:1").state == "filled"  # never regressed
+    assert Order.objects.get(order_ref="bifrost:a:2").state == "sent"  # open: reconciliation settles it
+
+
 def test_engine_seed_rebuilds_the_hedge_ledger_and_the_persisted_pause():
-    records_write([_order("bifrost:a:1"), _fill("bifrost:a:1", "e1", "BUY", 50, 180.0),
-                   _order("bifrost:a:2", "SELL", 20), _fill("bifrost:a:2", "e2", "SELL", 20, 181.0),
-                   _order("bifrost:a:3", "BUY", 10)])
+    records_write(source="a", records=_numbered(
+        _order("bifrost:a:1"), _fill("bifrost:a:1", "e1", "BUY", 50, 180.0), _order("bifrost:a:2", "SELL", 20),
+        _fill("bifrost:a:2", "e2", "SELL", 20, 181.0), _order("bifrost:a:3", "BUY", 10)))
     Order.objects.filter(order_ref__in=["bifrost:a:1", "bifrost:a:2"]).update(state="filled")
     Order.objects.filter(order_ref="bifrost:a:3").update(state="working")
     ControlState.objects.update_or_create(id=1, defaults={"paused": True})
@@ -153,7 +205,7 @@ def test_engine_seed_rebuilds_the_hedge_ledger_and_the_persisted_pause():
     assert seed.paused is True
     assert seed.hedge_shares == 30
     assert seed.hedge_realized_usd == pytest.approx(20.0)
-    assert seed.seen_exec_ids == {"e1", "e2"}
+    assert {b.exec_id for b in seed.recent_fills} == {"e1", "e2"}
     assert [o[0] for o in seed.open_orders] == ["bifrost:a:3"]
     assert seed.next_seq == 4
 
@@ -178,21 +230,37 @@ def test_every_admin_page_answers(admin_client):
 
 
 def test_a_fresh_lease_is_refused_naming_its_holder_and_a_stale_one_is_taken_over():
-    from trading.errors import LeaseHeldError
-    from trading.models import DaemonLease
-    from trading.services import lease_acquire
-
-    now = timezone.now()
-    first = lease_acquire(mode="sim", heartbeat_s=1.0, now=now)
+    first = lease_acquire(mode="sim", heartbeat_s=1.0)
+    _renewed_ago(2.0)
 
     with pytest.raises(LeaseHeldError) as held:
-        lease_acquire(mode="sim", heartbeat_s=1.0, now=now + timedelta(seconds=2))
-    taken = lease_acquire(mode="sim", heartbeat_s=1.0, now=now + timedelta(seconds=3.5))
+        lease_acquire(mode="sim", heartbeat_s=1.0)
+    _renewed_ago(3.5)
+    taken = lease_acquire(mode="sim", heartbeat_s=1.0)
 
     assert first.owner in str(held.value)
     assert taken.token != first.token
     assert DaemonLease.objects.count() == 1
     assert Operation.objects.filter(kind="lease_takeover").exists()
+
+
+def test_staleness_is_the_holders_interval_not_the_newcomers():
+    lease_acquire(mode="sim", heartbeat_s=1.0)
+    _renewed_ago(1.0)  # healthy for a 1 s daemon; would be stale for a 0.2 s one
+
+    with pytest.raises(LeaseHeldError):
+        lease_acquire(mode="sim", heartbeat_s=0.2)
+
+    assert lease_is_fresh(lease_get())
+
+
+def test_a_renewal_after_a_takeover_reports_the_lease_lost():
+    first = lease_acquire(mode="sim", heartbeat_s=1.0)
+    _renewed_ago(10)
+    second = lease_acquire(mode="sim", heartbeat_s=1.0)
+
+    assert lease_renew(token=first.token, daemon_clock_at=timezone.now()) is False
+    assert lease_renew(token=second.token, daemon_clock_at=timezone.now()) is True
 
 
 def test_admin_filters_decisions_by_block_reason(admin_client):

@@ -24,11 +24,34 @@ class AccountSummary:
 
 @dataclass(frozen=True, slots=True)
 class OpenOrder:
+    """An order working at the broker, whoever placed it (every client's orders come back)."""
+
     order_ref: str
     side: Side
     qty: float
     filled: float
-    status: str
+    status: str  # working | partial
+    account: str = ""
+    con_id: int = 0
+    symbol: str = ""
+    sec_type: str = ""
+    perm_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedOrder:
+    """An order the broker has finished with (filled, cancelled or rejected), as it reports it afterwards."""
+
+    order_ref: str
+    side: Side
+    qty: float
+    filled: float
+    status: str  # filled | cancelled | rejected
+    account: str = ""
+    con_id: int = 0
+    symbol: str = ""
+    sec_type: str = ""
+    perm_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +69,7 @@ class Broker(Protocol):
 
     name: str
     mode: str  # sim | paper | live
+    account: str  # the one account this broker trades ("" until connected)
 
     def set_event_handler(self, handler: EventHandler) -> None: ...
 
@@ -68,4 +92,8 @@ class Broker(Protocol):
 
     async def open_orders(self) -> list[OpenOrder]: ...
 
+    async def completed_orders(self) -> list[CompletedOrder]: ...
+
     async def executions(self) -> list[Fill]: ...
+
+    async def current_time(self) -> datetime: ...

@@ -1,10 +1,13 @@
 """IBBroker: the Broker protocol over TWS / IB Gateway through ib_insync 0.9.86 (default) or ib_async 2.1 (its
 maintained continuation, same API), inside the daemon's own asyncio loop with `*Async` calls only.
 
-What the adapter owns: client id in use (326) → next id; connection loss and 1100 → BrokerStatus(False) (the daemon
-goes waiting_broker, reconnects with backoff, re-subscribes and reconciles); an order is sent once per orderRef and
-never again; fills whose live report went missing are recovered with reqExecutions; quotes without a price
-(NaN, -1, 0) never leave the adapter."""
+What the adapter owns: client id in use (326) → BrokerError naming it (the daemon retries our own id with backoff:
+silently becoming another client would make our orders someone else's); several managed accounts and no IB_ACCOUNT
+→ ConfigError (never guess an account); connection loss and 1100 → BrokerStatus(False) (the daemon goes
+waiting_broker, reconnects with backoff, re-subscribes and reconciles); an order is sent once per orderRef and
+never again, and only this client's own orders are ever cancelled; executions are asked for this account only, and
+every Fill says its account and contract; fills whose live report went missing are recovered with reqExecutions;
+quotes without a price (NaN, -1, 0) never leave the adapter."""
 from __future__ import annotations
 
 import asyncio
@@ -12,12 +15,13 @@ import contextlib
 import importlib
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
-from trading.brokers.base import AccountSummary, EventHandler, OpenOrder, PositionMark
+from trading.brokers.base import AccountSummary, CompletedOrder, EventHandler, OpenOrder, PositionMark
 from trading.core.events import (
     BrokerPosition,
     BrokerStatus,
@@ -38,7 +42,6 @@ CLIENT_LIBS = ("ib_insync", "ib_async")
 LIVE_PORTS = frozenset({7496, 4001})  # TWS live, IB Gateway live
 PAPER_PORTS = frozenset({7497, 4002})
 REF_PREFIX = "bifrost:"
-CLIENT_ID_TRIES = 10
 REQUEST_TIMEOUT_S = 10.0
 LINK_WAIT_S = 5.0  # how long connect() waits for TWS to get its IB link back (1100 → 1101/1102)
 COMMISSION_WAIT_S = 1.0  # a fill waits this long for its commission report before it is passed on without one
@@ -55,6 +58,24 @@ _STATUS = {
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+RECENT = 10_000
+
+
+class Recent(OrderedDict[K, V]):
+    """A dict that forgets its oldest entries beyond `size`."""
+
+    def __init__(self, size: int = RECENT) -> None:
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key: K, value: V) -> None:
+        super().__setitem__(key, value)
+        if len(self) > self.size:
+            self.popitem(last=False)
 
 
 def price_or_none(x: Any) -> float | None:
@@ -102,6 +123,7 @@ class IBBroker:
     """The Broker protocol against TWS / IB Gateway. One instance lives as long as the daemon; it reconnects."""
 
     name = "ib"
+    account: str
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 7497, client_id: int = 1, account: str = "",
                  mode: str = "paper", live_confirm: str = "", client_lib: str = "ib_insync",
@@ -126,10 +148,12 @@ class IBBroker:
         self._stock_contracts: dict[str, Any] = {}
         self._tickers: dict[int, Any] = {}  # conId → ticker, this connection only
         self._wanted: dict[int, Any] = {}  # conId → qualified contract we want quotes for
-        self._placed: dict[str, int] = {}  # orderRef → orderId: each ref leaves once, whatever happens
-        self._emitted: set[str] = set()  # execIds passed on as Fill
+        # What idempotency needs, bounded: refs are never reused and reports come back within minutes, so the
+        # last RECENT of each is plenty (the engine keeps its own day-long memory of executions).
+        self._placed: Recent[str, int] = Recent()  # orderRef → orderId: each ref leaves once, whatever happens
+        self._emitted: Recent[str, bool] = Recent()  # execIds passed on as Fill
         self._pending_fills: dict[str, tuple[Any, asyncio.TimerHandle]] = {}
-        self._order_errors: dict[int, str] = {}
+        self._order_errors: Recent[int, str] = Recent()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         if mode == "live":
@@ -153,18 +177,18 @@ class IBBroker:
             self._on_connected()
             return
         self._link_lost = False
-        for _ in range(CLIENT_ID_TRIES):
-            if await self._connect_once():
-                break
-            log.warning("IB client id %d is in use (326): trying %d", self.client_id, self.client_id + 1)
-            self.client_id += 1
-        else:
-            raise BrokerError(f"no free IB client id after {CLIENT_ID_TRIES} tries (up to {self.client_id})")
-        accounts = self.ib.managedAccounts()
-        self.account = self.account_setting or (accounts[0] if accounts else "")
+        if not await self._connect_once():
+            raise BrokerError(f"IB client id {self.client_id} is in use by another API client (326): retrying our "
+                              "own id; Bifrost never takes another client's id")
+        accounts = list(self.ib.managedAccounts())
         if self.account_setting and self.account_setting not in accounts:
             self.ib.disconnect()
-            raise BrokerError(f"IB_ACCOUNT {self.account_setting!r} is not among the managed accounts {accounts}")
+            raise ConfigError("IB_ACCOUNT", f"{self.account_setting!r} is not among the managed accounts {accounts}")
+        if not self.account_setting and len(accounts) > 1:
+            self.ib.disconnect()
+            raise ConfigError("IB_ACCOUNT", f"this login manages several accounts {accounts}: set IB_ACCOUNT to "
+                                            "the one Bifrost trades")
+        self.account = self.account_setting or (accounts[0] if accounts else "")
         if self._delayed:
             self.ib.reqMarketDataType(3)  # a new session starts real-time again; this account has no subscription
         if self.mode == "live":
@@ -255,12 +279,18 @@ class IBBroker:
     async def cancel_order(self, order_ref: str) -> None:
         self._require_connected()
         for trade in self.ib.openTrades():
-            if trade.order.orderRef == order_ref:
-                self.ib.cancelOrder(trade.order)
-                return
+            if trade.order.orderRef != order_ref:
+                continue
+            if trade.order.clientId not in (0, self.client_id):
+                # An order id belongs to the client that placed it: cancelling by it would hit one of ours.
+                raise BrokerError(f"cancel {order_ref}: placed by API client {trade.order.clientId} "
+                                  f"(permId {trade.order.permId}); only that client can cancel it")
+            self.ib.cancelOrder(trade.order)
+            return
         log.info("cancel %s: not open at the broker (filled, cancelled or never placed)", order_ref)
 
     async def open_orders(self) -> list[OpenOrder]:
+        """Every open order with our prefix, whichever client placed it (the caller checks account and contract)."""
         self._require_connected()
         trades = await self._request("open orders", self.ib.reqAllOpenOrdersAsync)
         out = []
@@ -268,24 +298,49 @@ class IBBroker:
             ref = t.order.orderRef or ""
             if not ref.startswith(REF_PREFIX) or t.orderStatus.status not in _OPEN_STATUSES:
                 continue
-            out.append(OpenOrder(ref, t.order.action, float(t.order.totalQuantity), float(t.orderStatus.filled),
-                                 "working" if t.orderStatus.filled == 0 else "partial"))
+            filled = float(t.orderStatus.filled or 0.0)
+            out.append(OpenOrder(ref, t.order.action, float(t.order.totalQuantity), filled,
+                                 "working" if filled == 0 else "partial", t.order.account or "",
+                                 int(t.contract.conId or 0), t.contract.symbol or "", t.contract.secType or "",
+                                 int(t.order.permId or 0)))
+        return out
+
+    async def completed_orders(self) -> list[CompletedOrder]:
+        """Every finished order with our prefix the broker still reports (filled, cancelled, rejected)."""
+        self._require_connected()
+        trades = await self._request("completed orders", lambda: self.ib.reqCompletedOrdersAsync(False))
+        out = []
+        for t in trades:
+            ref = t.order.orderRef or ""
+            status = _COMPLETED.get(t.orderStatus.status)
+            if not ref.startswith(REF_PREFIX) or status is None:
+                continue
+            filled = _finite(t.order.filledQuantity)
+            out.append(CompletedOrder(ref, t.order.action, float(t.order.totalQuantity),
+                                      filled if filled is not None and filled < 1e300 else 0.0, status,
+                                      t.order.account or "", int(t.contract.conId or 0), t.contract.symbol or "",
+                                      t.contract.secType or "", int(t.order.permId or 0)))
         return out
 
     async def executions(self) -> list[Fill]:
-        """Every execution of ours the broker still knows (today's, by reqExecutions), with commissions."""
+        """Every execution of ours in this account the broker still knows (reqExecutions), with commissions."""
         self._require_connected()
-        fills = await self._request("executions", lambda: self.ib.reqExecutionsAsync(self.lib.ExecutionFilter()))
+        query = self.lib.ExecutionFilter(acctCode=self.account)
+        fills = await self._request("executions", lambda: self.ib.reqExecutionsAsync(query))
         known = self.ib.wrapper.fills  # the commission reports land on these, keyed by execId
         out = []
         for f in fills:
-            ex = f.execution
-            if not (ex.orderRef or "").startswith(REF_PREFIX):
+            if not (f.execution.orderRef or "").startswith(REF_PREFIX):
                 continue
-            report = known.get(ex.execId, f).commissionReport
-            out.append(Fill(ex.orderRef, ex.execId, "BUY" if ex.side == "BOT" else "SELL", float(ex.shares),
-                            float(ex.price), float(report.commission or 0.0), _aware(ex.time) or self.clock()))
+            report = known.get(f.execution.execId, f).commissionReport
+            out.append(self._fill(f, float(report.commission or 0.0)))
         return out
+
+    async def current_time(self) -> datetime:
+        """The broker's clock (reqCurrentTime), to compare with ours."""
+        self._require_connected()
+        value = await self._request("current time", self.ib.reqCurrentTimeAsync)
+        return _aware(value) or self.clock()
 
     # ---- connecting ----------------------------------------------------------------------------------------------
 
@@ -459,9 +514,14 @@ class IBBroker:
         ex = fill.execution
         if ex.execId in self._emitted:
             return
-        self._emitted.add(ex.execId)
-        self._emit(Fill(ex.orderRef, ex.execId, "BUY" if ex.side == "BOT" else "SELL", float(ex.shares),
-                        float(ex.price), commission, _aware(fill.time) or self.clock()))
+        self._emitted[ex.execId] = True
+        self._emit(self._fill(fill, commission))
+
+    def _fill(self, fill: Any, commission: float) -> Fill:
+        ex, c = fill.execution, fill.contract
+        return Fill(ex.orderRef, ex.execId, "BUY" if ex.side == "BOT" else "SELL", float(ex.shares), float(ex.price),
+                    commission, _aware(fill.time) or _aware(ex.time) or self.clock(), symbol=c.symbol or "",
+                    sec_type=c.secType or "", con_id=int(c.conId or 0), account=ex.acctNumber or "")
 
     async def _recover_fills(self, why: str) -> None:
         """A fill the broker confirmed but whose execution report never came: ask for today's executions."""
@@ -479,7 +539,7 @@ class IBBroker:
             pending = self._pending_fills.pop(f.exec_id, None)
             if pending is not None:
                 pending[1].cancel()
-            self._emitted.add(f.exec_id)
+            self._emitted[f.exec_id] = True
             log.warning("execution %s of %s recovered by reqExecutions", f.exec_id, f.order_ref)
             self._emit(f)
 
@@ -540,6 +600,7 @@ class IBBroker:
 
 _OPEN_STATUSES = frozenset({"PendingSubmit", "ApiPending", "PreSubmitted", "Submitted", "PendingCancel",
                             "ValidationError"})
+_COMPLETED = {"Filled": "filled", "Cancelled": "cancelled", "ApiCancelled": "cancelled", "Inactive": "rejected"}
 
 
 def core_contract(c: Any) -> Contract:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -19,11 +20,13 @@ from trading.core.classifier import (
 )
 from trading.core.events import (
     Action,
+    BrokerOrder,
     BrokerPosition,
     BrokerStatus,
     CancelOrder,
     Contract,
     Control,
+    EdgeStatus,
     Event,
     Fill,
     Halt,
@@ -65,6 +68,11 @@ HEDGE_KEY = "hedge"
 DECISION_REPEAT_S = 5.0
 # Safe returns to sync only after the system has been healthy this long.
 HEALTHY_DWELL_S = 3.0
+FINISHED_ORDERS_KEPT = 100
+_IB_EXEC_ID = re.compile(r"([0-9a-f]+\.[0-9a-f]+\.[0-9a-f]+)\.(\d{2})")
+# Executions are remembered (to book each once) this long: longer than any broker reports them back
+# (IB: today's, or up to 7 days with a trade log), so a fill missed before a weekend is still found.
+EXEC_MEMORY_DAYS = 7
 _EVALUATING = frozenset({TradingState.MONITOR, TradingState.NO_TRADE, TradingState.NEED_HEDGE,
                          TradingState.PAUSE_COST, TradingState.PAUSE_LIQ})
 _STATUS_TRIGGER = {
@@ -100,6 +108,24 @@ class OrderTrack:
 
 
 @dataclass(frozen=True, slots=True)
+class BookedFill:
+    """A fill in the ledger, remembered so the same execution is never booked twice and a correction of it
+    (IB sends `….02` to replace `….01`) replaces it instead of adding to it."""
+
+    exec_id: str
+    signed_qty: float
+    price: float
+    ts: datetime
+
+
+def exec_base(exec_id: str) -> tuple[str, int]:
+    """An IB execution id without its correction number (`0000e0d5.6571d3b2.01.01` → `0000e0d5.6571d3b2.01`, 1);
+    an id of another shape is its own base."""
+    match = _IB_EXEC_ID.fullmatch(exec_id)
+    return (match[1], int(match[2])) if match else (exec_id, 0)
+
+
+@dataclass(frozen=True, slots=True)
 class EngineSeed:
     """What the edge restores from persistence at start: the engine's memory across restarts."""
 
@@ -111,12 +137,14 @@ class EngineSeed:
     hedge_realized_usd: float = 0.0
     commissions_usd: float = 0.0
     open_orders: tuple[tuple[str, Side, float, float, str], ...] = ()  # (ref, side, qty, filled, intent)
-    seen_exec_ids: frozenset[str] = frozenset()
+    # The fills of the last EXEC_MEMORY_DAYS: each booked once, and a broker's correction replaces its original.
+    recent_fills: tuple[BookedFill, ...] = ()
     next_seq: int = 1
     daily_hedges: int = 0
     last_hedge_at: datetime | None = None
     last_hedge_price: float | None = None
-    daily_pnl_usd: float = 0.0  # P&L already made today (US/Eastern) before this start
+    daily_pnl_usd: float = 0.0  # P&L made on `daily_pnl_date` (US/Eastern) before this start
+    daily_pnl_date: date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +177,13 @@ class Engine:
         self.halt_reason = s.halt_reason
         self.stopping = False
         self.flattening = False
-        self._flatten_refs: list[str] = []
+        self._flatten_ref = ""
+        self._flatten_started_at: datetime | None = None
+        self.flatten_outcome: tuple[str, str] | None = None  # ("done" | "failed", why) once a flatten ends
         self.broker_connected = False
+        self.edge = EdgeStatus()
         self.reconciled = False
+        self.ledger_mismatch = ""
         self.positions_synced = False
         self.positions: tuple[BrokerPosition, ...] = ()
         self.book = ManagedBook()
@@ -169,7 +201,7 @@ class Engine:
         }
         # The orders not yet filled, cancelled or rejected: every tick asks about these, never the whole history.
         self._live: dict[str, OrderTrack] = dict(self.orders)
-        self.seen_exec_ids: set[str] = set(s.seen_exec_ids)
+        self.fills: dict[str, BookedFill] = {exec_base(b.exec_id)[0]: b for b in s.recent_fills}
         self.seq = s.next_seq
         self.counters = Counters(trading_date(self.now), s.daily_hedges)
         self._day_ends_at = _next_et_midnight(self.counters.trading_date)
@@ -185,8 +217,6 @@ class Engine:
         self.last_decision: DecisionView | None = None
         self._recorded_decision: tuple[tuple[str, ...], float, datetime] | None = None
         self._healthy_since: datetime | None = None
-        self._market_open = True
-        self._market_open_checked: datetime | None = None
         self._last_move_at: datetime | None = None
         self.params_hash = p.params_hash
 
@@ -245,19 +275,43 @@ class Engine:
             trigger = OrderTrigger.ACK if track.filled == 0 else OrderTrigger.PARTIAL_FILL
         self._order_step(track, trigger, actions, u.message)
 
+    def knows_exec(self, exec_id: str) -> bool:
+        """Booked already (this execution, or a later correction of it)."""
+        base, number = exec_base(exec_id)
+        booked = self.fills.get(base)
+        return booked is not None and exec_base(booked.exec_id)[1] >= number
+
     def _on_fill(self, f: Fill, actions: list[Action]) -> None:
-        if f.exec_id in self.seen_exec_ids:
+        if self.knows_exec(f.exec_id):
             return
-        self.seen_exec_ids.add(f.exec_id)
+        if f.symbol and (f.symbol != self.params.underlying or f.sec_type != "STK"):
+            # Only shares of the underlying are hedge shares: another instrument's fill never moves the ledger.
+            self._operation(actions, "fill_ignored", f"{f.exec_id} of {f.order_ref} ({f.sec_type} {f.symbol}) is not "
+                            f"a {self.params.underlying} share fill: not booked", order_ref=f.order_ref)
+            return
         track = self.orders.get(f.order_ref)
         signed = f.qty if f.side == "BUY" else -f.qty
-        self.book.hedge_shares += signed
         mid = track.mid_at_decision if track is not None else self.mid
+        base = exec_base(f.exec_id)[0]
+        replaced = self.fills.get(base)
+        self.fills[base] = BookedFill(f.exec_id, signed, f.price, f.ts)
+        if replaced is not None:
+            # The broker corrected an execution: take the original out at its own price, book the correction.
+            self.book.hedge_shares -= replaced.signed_qty
+            self.pnl.on_fill(HEDGE_KEY, -replaced.signed_qty, replaced.price, 0.0, mid)
+            if track is not None:
+                track.filled -= abs(replaced.signed_qty)
+            self._operation(actions, "fill_corrected", f"{f.exec_id} corrects {replaced.exec_id}: "
+                            f"{replaced.signed_qty:+g} @ {replaced.price:.4f} becomes {signed:+g} @ {f.price:.4f}",
+                            order_ref=f.order_ref)
+        self.book.hedge_shares += signed
         self.pnl.on_fill(HEDGE_KEY, signed, f.price, f.commission, mid)
         self.last_hedge_price = f.price
         actions.append(Record("fill", {
             "exec_id": f.exec_id, "order_ref": f.order_ref, "symbol": self.params.underlying, "side": f.side,
             "qty": f.qty, "price": f.price, "commission": f.commission, "ts": f.ts.isoformat(),
+            "account": f.account, "con_id": f.con_id or None,
+            "replaces": replaced.exec_id if replaced is not None else None,
         }))
         self._operation(actions, "fill", f"{f.side} {f.qty:g} {self.params.underlying} @ {f.price:.4f} filled",
                         order_ref=f.order_ref, side=f.side, qty=f.qty, price=f.price,
@@ -274,27 +328,91 @@ class Engine:
         self.broker_connected = e.connected
         if not e.connected:
             self.reconciled = False
-            for track in list(self.orders.values()):
-                if track.state not in ORDER_TERMINAL:
-                    self._order_step(track, OrderTrigger.DISCONNECTED, actions)
+            for track in list(self._live.values()):
+                self._order_step(track, OrderTrigger.DISCONNECTED, actions)
         self._operation(actions, "broker", "broker connected" if e.connected else f"broker disconnected {e.message}".strip())
 
     def _on_reconciled(self, e: Reconciled, actions: list[Action]) -> None:
-        for ref in e.open_refs:
-            track = self.orders.get(ref)
-            if track is not None and track.state == OrderState.UNKNOWN:
-                self._order_step(track, OrderTrigger.ACK, actions, "found open at the broker")
-        unresolved = [r for r, t in self.orders.items() if t.state == OrderState.UNKNOWN and r not in e.open_refs]
-        self.reconciled = not e.unknown_refs and not unresolved
-        detail = "book reconciled" if self.reconciled else f"unresolved orders: {', '.join(sorted(set(unresolved) | set(e.unknown_refs)))}"
+        """The broker's word on our orders settles them: open ones we did not know are adopted as in flight (no new
+        hedge leaves beside them), unknown ones it holds are working again, finished ones end as it says."""
+        reported = {o.order_ref: o for o in e.orders}
+        for o in e.orders:
+            if o.status in ("working", "partial") and o.order_ref not in self.orders:
+                self._adopt_order(o, actions)
+        for ref, track in list(self._live.items()):
+            if e.asked_at is not None and track.created_at >= e.asked_at:
+                continue  # placed while the broker was being asked: its answer cannot know it yet
+            at_broker = reported.get(ref)
+            if at_broker is None:
+                self._order_step(track, OrderTrigger.CANCELLED, actions, "not at the broker: it can no longer fill")
+            elif at_broker.status in ("working", "partial"):
+                if track.state == OrderState.UNKNOWN:
+                    self._order_step(track, OrderTrigger.ACK, actions, "found open at the broker")
+            elif at_broker.status == "filled":
+                if track.filled + 1e-9 >= at_broker.filled:
+                    self._order_step(track, OrderTrigger.FILLED, actions, "filled at the broker")
+            else:
+                trigger = OrderTrigger.REJECTED if at_broker.status == "rejected" else OrderTrigger.CANCELLED
+                self._order_step(track, trigger, actions, f"{at_broker.status} at the broker")
+        unresolved = sorted(r for r, t in self._live.items() if t.state == OrderState.UNKNOWN)
+        self._check_ledger(e, actions)
+        self.reconciled = not unresolved and not self.ledger_mismatch
+        if self.reconciled:
+            detail = "book reconciled"
+        elif self.ledger_mismatch:
+            detail = self.ledger_mismatch
+        else:
+            detail = "unresolved orders (the broker reports them filled, their executions are missing): " + ", ".join(
+                f"{r} ({self.orders[r].filled:g} of {reported[r].filled:g} booked)" if r in reported else r
+                for r in unresolved)
         self._operation(actions, "reconcile", detail, reasons=[] if self.reconciled else ["not_reconciled"])
+
+    def _check_ledger(self, e: Reconciled, actions: list[Action]) -> None:
+        """Every fill in our ledger that the broker's report covers must be one the broker calls ours."""
+        if e.exec_ids is None or e.execs_since is None:
+            return
+        until = e.asked_at or e.ts
+        reported = {exec_base(x)[0] for x in e.exec_ids}
+        unexplained = sorted(b.exec_id for base, b in self.fills.items()
+                             if e.execs_since <= b.ts < until and base not in reported)
+        mismatch = (f"ledger mismatch: {len(unexplained)} fill(s) in the ledger the broker does not report as ours "
+                    f"({', '.join(unexplained[:5])}); hedging and flatten wait for an operator") if unexplained else ""
+        if mismatch and mismatch != self.ledger_mismatch:
+            self._operation(actions, "reconcile_mismatch", mismatch, reasons=["not_reconciled"])
+        self.ledger_mismatch = mismatch
+
+    def _adopt_order(self, o: BrokerOrder, actions: list[Action]) -> None:
+        """An open order of ours the engine did not know (its daemon died before recording it, or it was another
+        Bifrost's): tracked as in flight from now on, with its row."""
+        side: Side = "BUY" if o.side == "BUY" else "SELL"
+        track = OrderTrack(o.order_ref, side, o.qty, "hedge", OrderState.WORKING, self.now, filled=o.filled,
+                           acked_at=self.now)
+        if o.filled > 0:
+            track.state = OrderState.PARTIAL
+        self.orders[o.order_ref] = self._live[o.order_ref] = track
+        actions.append(Record("order", {
+            "order_ref": o.order_ref, "intent": "hedge", "symbol": self.params.underlying, "side": side, "qty": o.qty,
+            "order_type": "market", "limit_price": None, "state": str(track.state), "params_hash": self.params_hash,
+            "message": "adopted: open at the broker, unknown to this daemon", "ts": self.now.isoformat()}))
+        self._operation(actions, "order_adopted", f"{o.order_ref} {side} {o.qty:g} ({o.filled:g} filled) is open at "
+                        "the broker: adopted as in flight", order_ref=o.order_ref, side=side, qty=o.qty)
+
+    def _on_edge_status(self, e: EdgeStatus, actions: list[Action]) -> None:
+        before, self.edge = self.edge, e
+        for reason, was, now in (("lease_unconfirmed", not before.lease_confirmed, not e.lease_confirmed),
+                                 ("journal_unwritable", not before.journal_writable, not e.journal_writable),
+                                 ("clock_skew", before.clock_skewed, e.clock_skewed)):
+            if was != now:
+                self._operation(actions, "edge", f"{reason} {'set' if now else 'cleared'}"
+                                + (f": {e.detail}" if now and e.detail else ""), reasons=[reason] if now else [])
 
     def _on_timer(self, e: Timer, actions: list[Action]) -> None:
         p = self.params
-        for track in list(self.orders.values()):
+        for track in list(self._live.values()):
             if track.state == OrderState.SENT and (self.now - track.created_at).total_seconds() >= p.ack_timeout_s:
                 self._order_step(track, OrderTrigger.ACK_TIMEOUT, actions, f"no ack within {p.ack_timeout_s:g} s")
             elif (track.state in (OrderState.WORKING, OrderState.PARTIAL) and not track.cancel_sent
+                  and track.intent != "flatten"  # a flatten order works until flatten_timeout_s, never resent
                   and track.acked_at is not None
                   and (self.now - track.acked_at).total_seconds() >= p.working_timeout_s):
                 track.cancel_sent = True
@@ -316,7 +434,9 @@ class Engine:
         elif command == "flatten":
             self.paused = True
             self.flattening = True
-            self._flatten_refs = []
+            self._flatten_ref = ""
+            self._flatten_started_at = self.now
+            self.flatten_outcome = None
             self._cancel_working(actions, "flatten")
         elif command == "stop":
             self.stopping = True
@@ -336,13 +456,16 @@ class Engine:
             self._sync_book(actions)  # adoption waited for the first quote (the ATM band needs a spot)
         if spot is not None and self.book.legs:
             self.greeks = self.book.compute_greeks(spot, now, p)
-            self._mark(spot, now)
         elif not self.book.legs:
             self.greeks = BookGreeks(0.0, 0.0, 0.0, 0.0, spot is not None, 0)
+        if spot is not None:
+            self._mark(spot, now)  # every holding, hedge shares included even with no legs to hedge
         if self._day_start_unknown and self.positions_synced and spot is not None:
             # The day counts from the first full mark, not from the cost basis of legs held for weeks and the
-            # ledger's lifetime fills (they would trip the breaker); P&L made today before a restart still counts.
-            self.pnl.day_start_total_usd = self.pnl.total_usd - self.seed.daily_pnl_usd
+            # ledger's lifetime fills (they would trip the breaker); P&L made today before a restart still counts,
+            # but only if today is still the day it was made.
+            carried = self.seed.daily_pnl_usd if self.seed.daily_pnl_date == self.counters.trading_date else 0.0
+            self.pnl.day_start_total_usd = self.pnl.total_usd - carried
             self._day_start_unknown = False
         self._check_loss_breaker(actions)
         gate = self.gate_state(now)
@@ -434,23 +557,43 @@ class Engine:
                             reasons=list(result.reasons), qty=result.size.intent_shares)
 
     def _flatten_step(self, actions: list[Action]) -> None:
-        """Cancel ours, then bring our own hedge shares to zero; manual shares are not in the ledger at all."""
-        if self._live:
+        """Cancel ours, then one order that brings our own hedge shares to zero (manual shares are not in the
+        ledger at all). It is never resent; a flatten not done within flatten_timeout_s fails, still paused."""
+        assert self._flatten_started_at is not None
+        track = self.orders.get(self._flatten_ref)
+        waited_s = (self.now - self._flatten_started_at).total_seconds()
+        if track is not None and track.state in ORDER_TERMINAL:
+            if abs(self.book.hedge_shares) < 1e-9:
+                self._end_flatten("done", "flatten complete: Bifrost hedge shares are 0; staying paused", actions)
+            else:
+                self._end_flatten("failed", f"flatten order {track.order_ref} ended {track.state} with "
+                                  f"{self.book.hedge_shares:g} hedge shares left; still paused", actions)
             return
-        last = self.orders[self._flatten_refs[-1]] if self._flatten_refs else None
-        if last is not None and last.state == OrderState.REJECTED:
-            self.flattening = False  # no retry storm: the operator sees the rejection and decides
-            self._operation(actions, "flatten_failed", f"flatten order {last.order_ref} was rejected; still paused")
+        if waited_s >= self.params.flatten_timeout_s:
+            if track is not None and not track.cancel_sent:
+                track.cancel_sent = True
+                actions.append(CancelOrder(track.order_ref))
+            self._end_flatten("failed", f"flatten not done within {self.params.flatten_timeout_s:g} s "
+                              f"({self.book.hedge_shares:g} hedge shares left); its order cancelled, still paused",
+                              actions)
             return
+        if track is not None or self._live or not self.broker_connected or self.stopping:
+            return  # our order is working, or our cancels are, or the broker is away: wait (the timeout bounds it)
         if abs(self.book.hedge_shares) < 1e-9:
-            self.flattening = False
-            self._operation(actions, "flatten_done", "flatten complete: Bifrost hedge shares are 0; staying paused")
+            self._end_flatten("done", "flatten complete: Bifrost hedge shares are 0; staying paused", actions)
             return
-        if not self.broker_connected or self.stopping:
+        if self.ledger_mismatch:
+            self._end_flatten("failed", f"refused: {self.ledger_mismatch}; trading {-self.book.hedge_shares:+g} "
+                              "shares on that ledger could go through the operator's manual shares; still paused",
+                              actions)
             return
-        ref = self._next_ref()
-        self._flatten_refs.append(ref)
-        self._send(ref, -self.book.hedge_shares, "flatten", actions)
+        self._flatten_ref = self._next_ref()
+        self._send(self._flatten_ref, -self.book.hedge_shares, "flatten", actions)
+
+    def _end_flatten(self, outcome: str, why: str, actions: list[Action]) -> None:
+        self.flattening = False
+        self.flatten_outcome = (outcome, why)
+        self._operation(actions, f"flatten_{outcome}", why, reasons=[] if outcome == "done" else ["flatten_failed"])
 
     def _send(self, order_ref: str, signed_qty: float, intent: str, actions: list[Action]) -> None:
         p = self.params
@@ -480,8 +623,8 @@ class Engine:
         track.state = order_transition(track.state, trigger)
         if track.state == OrderState.REJECTED and before != OrderState.REJECTED:
             self.last_reject_at = self.now
-        if track.state in ORDER_TERMINAL:
-            self._live.pop(track.order_ref, None)
+        if track.state in ORDER_TERMINAL and self._live.pop(track.order_ref, None) is not None:
+            self._forget_finished()
         if track.state == OrderState.WORKING and track.acked_at is None:
             track.acked_at = self.now
         if track.state == before or not record:
@@ -492,24 +635,38 @@ class Engine:
                         + (f": {message}" if message else ""), order_ref=track.order_ref, side=track.side,
                         qty=track.qty)
 
+    def _forget_finished(self) -> None:
+        """Keep the last FINISHED_ORDERS_KEPT finished orders (late reports about them change nothing anyway):
+        months of hedging must not grow the engine's memory or what every heartbeat looks at."""
+        excess = len(self.orders) - len(self._live) - FINISHED_ORDERS_KEPT
+        if excess <= 0:
+            return
+        for ref in [r for r, t in self.orders.items() if r not in self._live][:excess]:
+            del self.orders[ref]
+
     def _cancel_working(self, actions: list[Action], why: str) -> None:
-        for track in self.orders.values():
-            if track.state not in ORDER_TERMINAL and track.state != OrderState.UNKNOWN and not track.cancel_sent:
+        for track in self._live.values():
+            if track.state != OrderState.UNKNOWN and not track.cancel_sent:
                 track.cancel_sent = True
                 actions.append(CancelOrder(track.order_ref))
                 self._operation(actions, "order_cancel", f"cancel {track.order_ref} ({why})",
                                 order_ref=track.order_ref)
 
     def _check_loss_breaker(self, actions: list[Action]) -> None:
-        if self.halt_reason:
+        daily = self.daily_pnl_usd
+        if self.halt_reason or daily is None:  # no baseline yet: lifetime P&L is not a day's loss
             return
-        daily = self.pnl.total_usd - self.pnl.day_start_total_usd
         if daily <= -self.params.max_daily_loss_usd:
             self.halt_reason = f"daily loss {daily:.2f} USD reached the limit of {self.params.max_daily_loss_usd:g} USD"
             actions.append(Halt(self.halt_reason))
             self._operation(actions, "halt", self.halt_reason, reasons=["risk_halt"])
 
     # ---- state views -------------------------------------------------------------------------------------
+
+    @property
+    def daily_pnl_usd(self) -> float | None:
+        """Today's P&L (US/Eastern), None until the day's baseline is known (the first full mark)."""
+        return None if self._day_start_unknown else self.pnl.total_usd - self.pnl.day_start_total_usd
 
     @property
     def spot(self) -> float | None:
@@ -551,19 +708,22 @@ class Engine:
             last_hedge_price=self.last_hedge_price,
             last_hedge_at=self.last_hedge_at,
             last_reject_at=self.last_reject_at,
+            lease_confirmed=self.edge.lease_confirmed,
+            journal_writable=self.edge.journal_writable,
+            clock_skewed=self.edge.clock_skewed,
         )
 
     def self_check(self, daemon_state: str, config_error: str = "") -> SelfCheck:
         now = self.now
-        working_ages = [(now - t.acked_at).total_seconds() for t in self.orders.values()
+        working_ages = [(now - t.acked_at).total_seconds() for t in self._live.values()
                         if t.state in (OrderState.WORKING, OrderState.PARTIAL) and t.acked_at is not None]
         view = HealthView(
             gate=self.gate_state(now),
             daemon_state=daemon_state,
-            daily_pnl_usd=self.pnl.total_usd - self.pnl.day_start_total_usd,
+            daily_pnl_usd=self.daily_pnl_usd or 0.0,
             iv_fallback_legs=self.greeks.iv_fallback_legs,
             oldest_working_order_s=max(working_ages) if working_ages else None,
-            unknown_orders=sum(t.state == OrderState.UNKNOWN for t in self.orders.values()),
+            unknown_orders=sum(t.state == OrderState.UNKNOWN for t in self._live.values()),
             config_error=config_error,
         )
         return self_check(view, self.params, self.counters)
@@ -596,25 +756,22 @@ class Engine:
                      "option_delta_shares": self.greeks.option_delta_shares,
                      "hedge_shares": self.book.hedge_shares, "gamma": self.greeks.gamma_shares,
                      "theta": self.greeks.theta_usd, "vega": self.greeks.vega_usd, "legs": legs},
-            "pnl": {"trading_date": snap.trading_date.isoformat(), "daily_usd": snap.daily_usd,
+            "pnl": {"trading_date": snap.trading_date.isoformat(), "daily_usd": self.daily_pnl_usd,
                     "realized_usd": snap.realized_usd, "unrealized_usd": snap.unrealized_usd,
                     "commissions_usd": snap.commissions_usd, "options_usd": snap.options_usd,
                     "hedge_usd": snap.hedge_usd, "gamma_usd": snap.gamma_usd, "theta_usd": snap.theta_usd,
                     "vega_usd": snap.vega_usd, "hedge_cost_usd": snap.hedge_cost_usd},
             "counters": {"daily_hedges": self.counters.daily_hedges,
                          "trading_date": self.counters.trading_date.isoformat()},
-            "orders_in_flight": [t.order_ref for t in self.orders.values() if t.state not in ORDER_TERMINAL],
+            "orders_in_flight": list(self._live),
         }
 
     # ---- helpers -----------------------------------------------------------------------------------------
 
     def _is_open(self, now: datetime) -> bool:
-        # The calendar answers per minute at most: the session bounds do not move faster than that.
-        checked = self._market_open_checked
-        if checked is None or abs((now - checked).total_seconds()) >= 1.0:
-            self._market_open = self.calendar.is_open(now)
-            self._market_open_checked = now
-        return self._market_open
+        # No cache of our own: the calendar keeps the window its answer holds for (to the next open or close),
+        # so a hedge can never leave a moment after the close on a stale "open".
+        return self.calendar.is_open(now)
 
     def _healthy(self, gate: GateState) -> bool:
         stale = gate.quote_age_ms is None or gate.quote_age_ms >= self.params.stale_quote_ms
@@ -684,6 +841,8 @@ class Engine:
             return
         self.counters = Counters(today)
         self.pnl.roll_if_new_day(today)
+        horizon = now - timedelta(days=EXEC_MEMORY_DAYS)
+        self.fills = {base: b for base, b in self.fills.items() if b.ts >= horizon}
         self._operation(actions, "new_trading_day", f"trading date {today.isoformat()}: daily counters reset")
 
     def _next_ref(self) -> str:
@@ -724,6 +883,7 @@ _HANDLERS: dict[type, Callable[[Engine, Any, list[Action]], None]] = {
     Fill: Engine._on_fill,
     BrokerStatus: Engine._on_broker_status,
     Reconciled: Engine._on_reconciled,
+    EdgeStatus: Engine._on_edge_status,
     Timer: Engine._on_timer,
     Control: Engine._on_control,
 }

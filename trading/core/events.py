@@ -84,7 +84,8 @@ class OrderUpdate:
 
 @dataclass(frozen=True, slots=True)
 class Fill:
-    """A confirmed execution; `qty` is positive, the side says the direction."""
+    """A confirmed execution; `qty` is positive, the side says the direction. The instrument and the account it
+    was made in come with it, so a fill that is not ours (another account, another symbol) can be told apart."""
 
     order_ref: str
     exec_id: str
@@ -93,6 +94,10 @@ class Fill:
     price: float
     commission: float
     ts: datetime
+    symbol: str = ""
+    sec_type: str = "STK"
+    con_id: int = 0
+    account: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,14 +108,40 @@ class BrokerStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerOrder:
+    """One of our orders as the broker reports it: `status` is working, partial, filled, cancelled or rejected."""
+
+    order_ref: str
+    side: Side
+    qty: float
+    filled: float
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
 class Reconciled:
-    """The edge has re-matched our orders with the broker's open orders and executions after a (re)connect.
+    """The edge asked the broker about our orders, open and completed (their executions came before this, as Fill
+    events). An order we track that the broker does not mention at all, and that was made before `asked_at`, never
+    reached it or can no longer fill. `asked_at` None: everything tracked predates the question (a reconnect)."""
 
-    `unknown_refs` are our orders whose outcome the broker could not confirm: they block hedging until resolved."""
-
-    open_refs: tuple[str, ...]
-    unknown_refs: tuple[str, ...]
+    orders: tuple[BrokerOrder, ...]
     ts: datetime
+    asked_at: datetime | None = None
+    # The executions of ours the broker reported, and from when its report covers (IB: today): a fill in our
+    # ledger from that span that the broker does not attribute to us means the ledger cannot be trusted.
+    exec_ids: frozenset[str] | None = None
+    execs_since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeStatus:
+    """The daemon's own safety as the edge sees it: its lease confirmed within a heartbeat, its journal writable,
+    its clock in step with the broker's. Any of them wrong blocks new orders."""
+
+    lease_confirmed: bool = True
+    journal_writable: bool = True
+    clock_skewed: bool = False
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +158,8 @@ class Control:
     reason: str = ""
 
 
-Event = Quote | OptionQuote | PositionsSynced | OrderUpdate | Fill | BrokerStatus | Reconciled | Timer | Control
+Event = (Quote | OptionQuote | PositionsSynced | OrderUpdate | Fill | BrokerStatus | Reconciled | EdgeStatus | Timer
+         | Control)
 
 
 # ---- actions --------------------------------------------------------------------------------------------

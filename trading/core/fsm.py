@@ -51,16 +51,26 @@ DAEMON_TRANSITIONS: dict[tuple[DaemonState, DaemonTrigger], DaemonState] = {
     **{(state, _DT.STOP): _D.STOPPING for state in _D if state not in (_D.STOPPING, _D.STOPPED)},
     (_D.STOPPING, _DT.STOPPED): _D.STOPPED,
 }
-# Pause and resume outside running/paused only flip the persisted flag; the state follows at the next sync.
+_CONNECT_PHASE = (_DT.CONNECT, _DT.CONNECTED, _DT.CONNECT_FAILED, _DT.RETRY, _DT.SYNCED, _DT.SYNCED_PAUSED)
+# Every pair that is not a transition, listed with why it changes nothing (the walk test fails on a new pair).
 DAEMON_IGNORED: frozenset[tuple[DaemonState, DaemonTrigger]] = frozenset(
+    # Pause and resume outside running/paused only flip the persisted flag; the state follows at the next sync.
     {(s, t) for s in (_D.STARTING, _D.CONNECTING, _D.WAITING_BROKER, _D.SYNCING) for t in (_DT.PAUSE, _DT.RESUME)}
     | {(_D.RUNNING, _DT.RESUME), (_D.PAUSED, _DT.PAUSE)}
-    | {(s, _DT.DISCONNECTED) for s in (_D.STARTING, _D.CONNECTING, _D.WAITING_BROKER, _D.STOPPING, _D.STOPPED)}
-    | {(_D.STOPPING, _DT.STOP), (_D.STOPPED, _DT.STOP)}
+    # Not connected yet: there is nothing to lose.
+    | {(s, _DT.DISCONNECTED) for s in (_D.STARTING, _D.CONNECTING, _D.WAITING_BROKER)}
+    # Broker-loop reports that raced with a transition already taken (a second `connected`, `retry` while syncing).
+    | {(_D.STARTING, t) for t in _CONNECT_PHASE if t != _DT.CONNECT}
+    | {(_D.CONNECTING, t) for t in (_DT.CONNECT, _DT.RETRY, _DT.SYNCED, _DT.SYNCED_PAUSED)}
+    | {(_D.WAITING_BROKER, t) for t in (_DT.CONNECT, _DT.CONNECT_FAILED, _DT.SYNCED, _DT.SYNCED_PAUSED)}
+    | {(_D.SYNCING, t) for t in (_DT.CONNECT, _DT.CONNECTED, _DT.CONNECT_FAILED, _DT.RETRY)}
+    | {(s, t) for s in (_D.RUNNING, _D.PAUSED) for t in _CONNECT_PHASE}
+    # `stopped` follows only `stopping`.
+    | {(s, _DT.STOPPED) for s in _D if s != _D.STOPPING}
     # While stopping, the broker task and the control poll still report until they are cancelled: a late
-    # `connected` or `pause` there must not crash the wind-down. Elsewhere the remaining pairs are broker-loop
-    # reports that raced with a transition already taken (a second `connected`, `retry` while syncing).
-    | {(s, t) for s in _D for t in _DT if (s, t) not in DAEMON_TRANSITIONS}
+    # `connected` or `pause` there must not crash the wind-down; stopped is the end.
+    | {(_D.STOPPING, t) for t in _DT if t != _DT.STOPPED}
+    | {(_D.STOPPED, t) for t in _DT}
 )
 
 
@@ -124,10 +134,30 @@ TRADING_TRANSITIONS: dict[tuple[TradingState, TradingTrigger], TradingState] = {
     **{(state, _TT.RISK_HALT): _T.HALTED for state in _T if state != _T.HALTED},
     (_T.HALTED, _TT.RESET_HALT): _T.SYNC,
 }
-# Everything not in the table is deliberately ignored: a hedging engine waits for its order whatever the
-# delta does, sync waits for data instead of failing, safe waits for the health dwell, halted for reset_halt.
+_DECIDING = (_TT.IN_BAND, _TT.OUT_OF_BAND, _TT.BLOCKED, _TT.COST_BLOCKED, _TT.LIQ_BLOCKED)
+# Every pair that is not a transition, listed with why it changes nothing (the walk test fails on a new pair).
 TRADING_IGNORED: frozenset[tuple[TradingState, TradingTrigger]] = frozenset(
-    {(s, t) for s in _T for t in _TT if (s, t) not in TRADING_TRANSITIONS}
+    # The same situation again: the state already is its answer.
+    {(target, trigger) for trigger, target in _SITUATION.items() if target in _EVALUATING}
+    | {(_T.IDLE, _TT.NO_OPTIONS), (_T.HEDGING, _TT.ORDER_SENT), (_T.SAFE, _TT.UNHEALTHY), (_T.HALTED, _TT.RISK_HALT)}
+    # Boot only starts; start happens once.
+    | {(_T.BOOT, t) for t in _TT if t not in (_TT.START, _TT.RISK_HALT)}
+    | {(s, _TT.START) for s in _T if s != _T.BOOT}
+    # Sync waits for its first quote and a position sync instead of failing (the original locked itself in safe).
+    | {(_T.SYNC, t) for t in (*_DECIDING, _TT.ORDER_SENT, _TT.UNHEALTHY)}
+    # Idle has no options to hedge: no delta to decide on.
+    | {(_T.IDLE, t) for t in _DECIDING}
+    # A hedging engine waits for its order whatever the delta does.
+    | {(_T.HEDGING, t) for t in (*_DECIDING, _TT.NO_OPTIONS)}
+    # Safe waits for the health dwell; halted for an operator's reset_halt.
+    | {(_T.SAFE, t) for t in (*_DECIDING, _TT.NO_OPTIONS, _TT.ORDER_SENT)}
+    | {(_T.HALTED, t) for t in _TT if t not in (_TT.RESET_HALT, _TT.RISK_HALT, _TT.START)}
+    # Reports that only mean something in one state: synced in sync and idle, order_done while hedging,
+    # healthy in safe, reset_halt when halted.
+    | {(s, _TT.SYNCED) for s in _T if s not in (_T.SYNC, _T.IDLE, _T.BOOT, _T.HALTED)}
+    | {(s, _TT.ORDER_DONE) for s in _T if s not in (_T.HEDGING, _T.BOOT, _T.HALTED)}
+    | {(s, _TT.HEALTHY) for s in _T if s not in (_T.SAFE, _T.BOOT, _T.HALTED)}
+    | {(s, _TT.RESET_HALT) for s in _T if s not in (_T.HALTED, _T.BOOT)}
 )
 
 

@@ -27,6 +27,9 @@ GATE_REASONS: tuple[str, ...] = (
     "min_price_move",
     "order_in_flight",
     "below_min_hedge",
+    "lease_unconfirmed",
+    "journal_unwritable",
+    "clock_skew",
 )
 # Reasons that depend on the particular hedge (its size, its timing) rather than on the state of the system:
 # they are normal between hedges and do not turn the lamp red.
@@ -59,6 +62,10 @@ class GateState:
     last_hedge_price: float | None
     last_hedge_at: datetime | None
     last_reject_at: datetime | None = None
+    # The edge's own safety (the daemon's lease, its journal, its clock); always fine in a replay.
+    lease_confirmed: bool = True
+    journal_writable: bool = True
+    clock_skewed: bool = False
 
 
 @dataclass(slots=True)
@@ -137,6 +144,12 @@ def standing_reasons(state: GateState, params: StrategyParams, counters: Counter
         reasons.append("max_daily_hedges")
     if state.spread_bps is not None and _spread_blocks(state.spread_bps, params):
         reasons.append("spread_too_wide")
+    if not state.lease_confirmed:
+        reasons.append("lease_unconfirmed")
+    if not state.journal_writable:
+        reasons.append("journal_unwritable")
+    if state.clock_skewed:
+        reasons.append("clock_skew")
     return reasons
 
 

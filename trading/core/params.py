@@ -35,6 +35,7 @@ _KINDS: dict[str, _Kind] = {
     "limit_offset_bps": "float",
     "ack_timeout_s": "float",
     "working_timeout_s": "float",
+    "flatten_timeout_s": "float",
     "max_daily_hedges": "int",
     "max_position_shares": "int",
     "max_daily_loss_usd": "float",
@@ -68,7 +69,7 @@ _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # Zero is allowed for every number below except these, where it would stop the strategy outright
 # (every order times out, every quote is stale, the first cent of loss halts, nothing may be sent).
 _POSITIVE = (
-    "max_hedge_shares_per_order", "ack_timeout_s", "working_timeout_s", "max_daily_loss_usd",
+    "max_hedge_shares_per_order", "ack_timeout_s", "working_timeout_s", "flatten_timeout_s", "max_daily_loss_usd",
     "max_net_delta_shares", "max_spread_bps", "max_data_lag_ms", "stale_quote_ms", "fallback_vol",
 )
 # Signed by nature (negative rates exist; a negative yield models borrow cost), but written as fractions:
@@ -243,6 +244,7 @@ class StrategyParams:
     limit_offset_bps: float = 5.0
     ack_timeout_s: float = 5.0
     working_timeout_s: float = 30.0
+    flatten_timeout_s: float = 120.0  # a flatten not done by then fails (its order cancelled), never lingers
     # risk
     max_daily_hedges: int = 50
     max_position_shares: int = 2000

@@ -76,18 +76,18 @@ def self_check(view: HealthView, params: StrategyParams, counters: Counters) -> 
             and gate.spread_bps >= params.wide_spread_bps):
         add("spread", "degraded", "spread_wide",
             f"spread {gate.spread_bps:.1f} bps (wide at {params.wide_spread_bps:g} bps)")
-    stuck = view.unknown_orders or (
-        view.oldest_working_order_s is not None and view.oldest_working_order_s >= params.working_timeout_s
-    )
-    if stuck:
-        add("orders", "degraded", "order_stuck",
+    slow = view.oldest_working_order_s is not None and view.oldest_working_order_s >= params.working_timeout_s
+    if view.unknown_orders or slow:
+        # An unknown outcome blocks every new hedge until reconciliation settles it: red, as seed 000 defines it.
+        add("orders", "blocked" if view.unknown_orders else "degraded", "order_stuck",
             f"{view.unknown_orders} order(s) with unknown outcome; oldest working {view.oldest_working_order_s or 0:.0f} s")
     if view.config_error:
         add("config", "blocked", "config_invalid", view.config_error)
     if not checks or all(c.status == "ok" for c in checks):
         add("hedging", "ok", "", "all gates open")
     verdict = verdict_of(c.status for c in checks)
-    reasons = tuple(standing) + (("config_invalid",) if view.config_error else ())
+    reasons = (tuple(standing) + (("order_stuck",) if view.unknown_orders else ())
+               + (("config_invalid",) if view.config_error else ()))
     return SelfCheck(verdict, tuple(checks), reasons)
 
 
@@ -110,6 +110,9 @@ _CHECK_NAME = {
     "earnings_blackout": "earnings",
     "max_daily_hedges": "daily_hedges",
     "spread_too_wide": "spread",
+    "lease_unconfirmed": "lease",
+    "journal_unwritable": "journal",
+    "clock_skew": "clock",
 }
 
 
@@ -135,4 +138,7 @@ _DETAILS = {
     "no_option_position": "no managed option position",
     "outside_trading_hours": "the exchange is closed",
     "earnings_blackout": "inside the earnings blackout window",
+    "lease_unconfirmed": "the daemon could not confirm its lease within one heartbeat: no order leaves until it does",
+    "journal_unwritable": "the local journal cannot be written (disk full or failing): no order leaves",
+    "clock_skew": "the host clock disagrees with the broker's by more than the allowed skew",
 }

@@ -1,6 +1,8 @@
 """The daemon: one asyncio loop wiring broker events through the engine to orders and records.
 
-Only the sink and the control poll touch the database, each in its own task; the trading path never waits on it."""
+Only the sink, the control poll and the lease touch the database, each in its own task on its own database lane
+(thread and connection); the trading path never waits on it. Every order is fenced: it leaves only while this
+daemon's lease was confirmed within the last heartbeat, and only after its intent is in the journal."""
 from __future__ import annotations
 
 import asyncio
@@ -8,24 +10,27 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
+from datetime import time as time_of_day
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, connection
 
 from trading import selectors, services
-from trading.brokers.base import Broker, PositionMark
-from trading.core.calendar import AlwaysOpenCalendar, TradingCalendar, trading_date
+from trading.brokers.base import Broker, CompletedOrder, OpenOrder, PositionMark
+from trading.core.calendar import ET, AlwaysOpenCalendar, TradingCalendar, trading_date
 from trading.core.engine import ENGINE_VERSION, Engine
 from trading.core.events import (
     Action,
+    BrokerOrder,
     BrokerPosition,
     BrokerStatus,
     CancelOrder,
     Control,
+    EdgeStatus,
     Event,
     Fill,
     Halt,
@@ -38,14 +43,26 @@ from trading.core.events import (
 )
 from trading.core.fsm import DaemonState, DaemonTrigger, daemon_transition
 from trading.core.selfcheck import Check, verdict_of
+from trading.daemon.dblane import DbLane
+from trading.daemon.journal import DEAD_LETTER_NAME, Journal, journal_name
 from trading.daemon.sink import Sink
-from trading.errors import BrokerError
+from trading.errors import BrokerError, ConfigError
 from trading.models import ControlCommand, StrategyConfig
 
 log = logging.getLogger(__name__)
 LAMP = {"ok": "green", "degraded": "yellow", "blocked": "red"}
+# Exit codes (a Contract, README): supervisord restarts every non-zero one.
+EXIT_STOPPED = 0  # an operator stop (command or signal)
+EXIT_CONFIG = 2
+EXIT_LEASE_HELD = 3
+EXIT_LEASE_LOST = 4
+EXIT_INTERNAL = 70
 ACCOUNT_REFRESH_S = 60.0
 RECONNECT_BACKOFF_MAX_S = 30.0
+PERIODIC_BACKOFF_MAX_S = 60.0
+CLOCK_SKEW_MAX_S = 2.0  # IB's clock comes in whole seconds: anything within this is agreement
+ORDER_REF_PREFIX = "bifrost:"
+FOREIGN_MEMORY = 10_000
 # The shutdown budget: SIGTERM to exit in under a second, whatever the broker or the database do.
 SHUTDOWN_CANCEL_S = 0.2
 SHUTDOWN_FLUSH_S = 0.4
@@ -56,10 +73,6 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def db(fn: Callable[..., Any]) -> Callable[..., Coroutine[Any, Any, Any]]:
-    return sync_to_async(fn)
-
-
 class Daemon:
     def __init__(self, broker: Broker, *, clock: Callable[[], datetime] = utc_now,
                  heartbeat_s: float | None = None, history_s: float | None = None) -> None:
@@ -67,12 +80,21 @@ class Daemon:
         self.clock = clock
         self.heartbeat_s = heartbeat_s or settings.BIFROST_HEARTBEAT_S
         self.history_s = history_s or settings.BIFROST_HISTORY_S
-        self.sink = Sink(services.records_write, settings.BIFROST_JOURNAL_PATH,
-                         on_written=self._tell_the_web if settings.REDIS_URL else None)
+        self._control_db = DbLane("control")
+        self._lease_db = DbLane("lease")
+        self.sink: Sink | None = None  # opened once the lease is ours: the journal is named by it
         self._web_unreachable = False
         self.state = DaemonState.STARTING
+        self.exit_code = EXIT_STOPPED
         self.stop_requested = False  # once set, no new order leaves, whatever the engine says
         self.stop_reason = ""
+        self.lease_lost = False  # once set, nothing more goes to the broker: another daemon is in charge
+        self._lease_confirmed_at = -float("inf")  # monotonic start of the last renewal the database confirmed
+        self._lease_trouble = ""
+        self._journal_error = ""
+        self._clock_skew = ""
+        self._foreign: set[str] = set()  # refs and exec ids already reported as not ours (cleared daily)
+        self._failing: dict[str, str] = {}  # periodic task -> why it last failed
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._disconnected = asyncio.Event()
@@ -96,34 +118,44 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, f"signal {sig.name}")
-        replayed = await db(self.sink.replay_journal_sync)(services.records_write)
-        if replayed:
-            log.warning("replayed %d journaled records from a previous run", replayed)
-        self.started_at = self.clock()
-        lease = await db(services.lease_acquire)(mode=self.broker.mode, heartbeat_s=self.heartbeat_s,
-                                                 now=self.started_at)
+        lease = await self._control_db(services.lease_acquire)(mode=self.broker.mode, heartbeat_s=self.heartbeat_s)
         self.lease_token = lease.token
+        self._lease_confirmed_at = time.monotonic()
+        journal_dir = settings.BIFROST_JOURNAL_DIR
+        self.sink = Sink(services.records_write, services.order_intents_write, Journal(journal_dir / journal_name(
+            lease.token)), dead_letter_path=journal_dir / DEAD_LETTER_NAME,
+            on_written=self._tell_the_web if settings.REDIS_URL else None)
         try:
-            params, self.config = await db(services.strategy_params_active)()
-            seed = await db(selectors.engine_seed_load)(today=trading_date(self.started_at))
+            # Only now, holding the lease: what dead daemons journaled, then the commands they left behind.
+            replayed = await self.sink.replay_orphans()
+            if replayed:
+                log.warning("replayed %d journaled records and intents of earlier daemons", replayed)
+            await self._control_db(services.control_commands_settle_before)(started_at=lease.started_at)
+            params, self.config = await self._control_db(services.strategy_params_active)()
+            self.started_at = self.clock()
+            seed = await self._control_db(selectors.engine_seed_load)(today=trading_date(self.started_at))
             calendar = AlwaysOpenCalendar() if self.broker.mode == "sim" else TradingCalendar(params.exchange)
-            self.engine = Engine(params, f"bifrost:{lease.token}", calendar, self.started_at, seed)
+            self.engine = Engine(params, f"{ORDER_REF_PREFIX}{lease.token}", calendar, self.started_at, seed)
             self.broker.set_event_handler(self.on_broker_event)
             self._spawn(self.sink.run(), "sink")
+            self._spawn(self._lease_loop(), "lease")
             self._spawn(self._heartbeat_loop(), "heartbeat")
             self._spawn(self._control_loop(), "control")
             self._spawn(self._broker_loop(), "broker")
+            self._spawn(self._every("account_refresh", ACCOUNT_REFRESH_S, self._refresh_account), "account_refresh")
+            self._spawn(self._every("reconcile", settings.BIFROST_RECONCILE_S, self._reconcile), "reconcile")
             if connection.vendor == "postgresql":
                 self._spawn(self._listen_loop(), "listen")
             await self._stop.wait()
         finally:
             await self._shutdown()
-        return 0
+        return self.exit_code
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, exit_code: int = EXIT_STOPPED) -> None:
         """Signal handlers and the stop command come here: it only sets flags, the loop does the work."""
         if not self.stop_requested:
             log.warning("stop requested: %s", reason)
+            self.exit_code = exit_code
         self.stop_requested = True
         self.stop_reason = self.stop_reason or reason
         self._stop.set()
@@ -140,47 +172,73 @@ class Daemon:
             if task.get_name() != "order-io":
                 task.cancel()
         self._daemon(DaemonTrigger.STOPPED)
-        self.sink.put("operation", {"ts": now.isoformat(), "kind": "daemon_stop",
-                                    "message": f"daemon stopped: {self.stop_reason or 'shutdown'}"})
+        if self.sink is None:
+            return
+        self._operation("daemon_stop", f"daemon stopped (exit {self.exit_code}): {self.stop_reason or 'shutdown'}")
         if self._stop_command is not None:
             self._finish(self._stop_command, "done", "daemon stopped")
         if self.engine is not None:
             self._publish_status(now, history=True)
         await self.sink.flush(SHUTDOWN_FLUSH_S)
-        if self.lease_token:
+        if not self.lease_lost:
             try:
-                await asyncio.wait_for(db(services.lease_release)(token=self.lease_token, now=now), SHUTDOWN_LEASE_S)
+                await asyncio.wait_for(self._lease_db(services.lease_release)(token=self.lease_token),
+                                       SHUTDOWN_LEASE_S)
             except (TimeoutError, DatabaseError) as exc:
                 log.error("could not release the lease (it will go stale): %s", exc)
         try:
             await asyncio.wait_for(self.broker.disconnect(), SHUTDOWN_CANCEL_S)
         except (TimeoutError, BrokerError, OSError) as exc:
             log.error("broker disconnect failed: %s", exc)
+        self.sink.journal.close()
 
     # ---- events in, actions out --------------------------------------------------------------------------
 
     def on_broker_event(self, event: Event) -> None:
         if isinstance(event, BrokerStatus) and not event.connected:
             self._disconnected.set()
-        if self.engine is not None:
-            self._dispatch(event)
+        if self.engine is None or (isinstance(event, Fill) and not self._ours(event)):
+            return
+        self._dispatch(event)
 
     def _dispatch(self, event: Event) -> None:
         assert self.engine is not None
+        self._sync_edge()
         self._execute(self.engine.on_event(event, self.clock()))
 
+    def _sync_edge(self) -> None:
+        """Tell the engine about the fence before it decides: an expired lease confirmation must block the decision,
+        not only the order (a daemon resumed after SIGSTOP decides on the very first event it sees)."""
+        assert self.engine is not None
+        edge = EdgeStatus(lease_confirmed=self.lease_fresh(), journal_writable=not self._journal_error,
+                          clock_skewed=bool(self._clock_skew),
+                          detail=self._journal_error or self._lease_trouble or self._clock_skew)
+        known = self.engine.edge
+        if (edge.lease_confirmed, edge.journal_writable, edge.clock_skewed) != (
+                known.lease_confirmed, known.journal_writable, known.clock_skewed):
+            self._execute(self.engine.on_event(edge, self.clock()))
+
+    def lease_fresh(self) -> bool:
+        """The fence: this daemon confirmed its lease within the last heartbeat interval (and never lost it)."""
+        return not self.lease_lost and time.monotonic() - self._lease_confirmed_at < self.heartbeat_s
+
     def _execute(self, actions: list[Action]) -> None:
-        suppressed: list[PlaceOrder] = []
+        suppressed: list[tuple[PlaceOrder, str]] = []
         for action in actions:
             if isinstance(action, PlaceOrder):
-                if self.stop_requested:  # belt and braces: the engine's own `stopping` gate comes first
-                    suppressed.append(action)
+                why = self._why_not_send(action)
+                if why:
+                    suppressed.append((action, why))
                     continue
                 self._spawn(self._place(action), "order-io")
             elif isinstance(action, CancelOrder):
-                self._spawn(self._cancel(action), "order-io")
+                if not self.lease_lost:
+                    self._spawn(self._cancel(action), "order-io")
             elif isinstance(action, Record):
-                self.sink.put(action.kind, action.data)
+                data = action.data
+                if action.kind == "order" and "side" in data:  # a new order row says which account it is in
+                    data = {**data, "account": self.broker.account}
+                self._put(action.kind, data)
                 if action.kind in ("order", "fill"):
                     self._history_due = True
                 elif action.kind == "managed_leg":
@@ -188,13 +246,32 @@ class Daemon:
                 if action.kind in ("fill", "managed_leg"):
                     self._positions_stale = True  # refreshed at the next heartbeat
             elif isinstance(action, Halt):
-                self.sink.put("control_state", {"halted": True, "halt_reason": action.reason})
-        for order in suppressed:  # after the order's own records, so its final state is the rejection
-            self.sink.put("operation", {"ts": self.clock().isoformat(), "kind": "order_suppressed",
-                                        "message": f"{order.order_ref} not sent: daemon is stopping",
-                                        "order_ref": order.order_ref, "reasons": ["stopping"]})
-            self._dispatch(OrderUpdate(order.order_ref, "rejected", 0.0, None, self.clock(),
-                                       "not sent: daemon is stopping"))
+                self._put("control_state", {"halted": True, "halt_reason": action.reason})
+        for order, why in suppressed:  # after the order's own records, so its final state is the rejection
+            reason = why.split(":", 1)[0]
+            self._put("operation", {"ts": self.clock().isoformat(), "kind": "order_suppressed",
+                                    "message": f"{order.order_ref} not sent: {why}", "order_ref": order.order_ref,
+                                    "reasons": [reason]})
+            self._dispatch(OrderUpdate(order.order_ref, "rejected", 0.0, None, self.clock(), f"not sent: {why}"))
+
+    def _why_not_send(self, order: PlaceOrder) -> str:
+        """The edge's last word before an order leaves; '' means it may. The engine's own gates come first."""
+        if self.stop_requested:
+            return "stopping"
+        if not self.lease_fresh():
+            return "lease_unconfirmed: lease lost" if self.lease_lost else (
+                "lease_unconfirmed: lease not confirmed within the last heartbeat")
+        assert self.sink is not None
+        try:
+            self.sink.journal_intent({
+                "order_ref": order.order_ref, "intent": order.intent, "symbol": order.symbol, "side": order.side,
+                "qty": order.qty, "order_type": order.type, "limit_price": order.limit,
+                "account": self.broker.account, "ts": self.clock().isoformat()})
+        except OSError as exc:
+            self._journal_error = f"journal {self.sink.journal_path} unwritable: {exc}"
+            log.critical("%s: order flow stopped", self._journal_error)
+            return f"journal_unwritable: {exc}"
+        return ""
 
     async def _place(self, order: PlaceOrder) -> None:
         try:
@@ -207,7 +284,7 @@ class Daemon:
         try:
             await self.broker.cancel_order(cancel.order_ref)
         except (BrokerError, OSError, ConnectionError) as exc:
-            self.sink.put("operation", {"ts": self.clock().isoformat(), "kind": "order_cancel_failed",
+            self._put("operation", {"ts": self.clock().isoformat(), "kind": "order_cancel_failed",
                                         "message": f"cancel {cancel.order_ref} failed: {exc}",
                                         "order_ref": cancel.order_ref})
 
@@ -239,30 +316,84 @@ class Daemon:
                 continue
             assert self.engine is not None
             self._daemon(DaemonTrigger.SYNCED_PAUSED if self.engine.paused else DaemonTrigger.SYNCED)
-            while not self._disconnected.is_set():
-                await self._sleep(ACCOUNT_REFRESH_S, self._disconnected)
-                if not self._disconnected.is_set() and not self.stop_requested:
-                    await self._refresh_account()
+            await self._sleep(None, self._disconnected)
             self._daemon(DaemonTrigger.DISCONNECTED)
 
+    async def _every(self, name: str, interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
+        """Run `job` every `interval_s` while the broker is connected. A failure never stops the daemon: it is
+        recorded, shown in the lamp, and retried with backoff until it succeeds again."""
+        delay, backoff = interval_s, 1.0
+        while True:
+            await self._sleep(delay)
+            if self.stop_requested or not self.broker.connected or self.state not in (DaemonState.RUNNING,
+                                                                                      DaemonState.PAUSED):
+                delay = interval_s
+                continue
+            try:
+                await job()
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the daemon keeps trading and retries
+                if name not in self._failing:
+                    log.error("%s failed (retrying with backoff): %r", name, exc)
+                self._failing[name] = f"{name} failed: {exc!r}; retrying in {backoff:g} s"
+                self._operation("periodic_failed", self._failing[name])
+                delay, backoff = backoff, min(backoff * 2, PERIODIC_BACKOFF_MAX_S, interval_s)
+                continue
+            if self._failing.pop(name, None) is not None:
+                self._operation("periodic_recovered", f"{name} succeeded again")
+            delay, backoff = interval_s, 1.0
+
     async def _sync(self) -> None:
-        """Positions, account, subscriptions, then re-match our orders and recover missed fills."""
-        assert self.engine is not None
+        """Account and positions, subscriptions and the broker's clock, then our orders and executions."""
         await self._refresh_account()
         await self._subscribe()
-        open_orders = {o.order_ref: o for o in await self.broker.open_orders()}
-        for fill in await self.broker.executions():
-            if fill.order_ref.startswith("bifrost:") and fill.exec_id not in self.engine.seen_exec_ids:
+        await self._check_clock()
+        await self._reconcile(at_connect=True)
+
+    async def _reconcile(self, at_connect: bool = False) -> None:
+        """Ask the broker about our orders (open, of any client, and completed) and executions: missed fills are
+        booked, orders it holds that we did not know are adopted, unknown ones settled by its word."""
+        assert self.engine is not None
+        asked_at = None if at_connect else self.clock()
+        report_since = datetime.combine(trading_date(self.clock()), time_of_day(0), ET)  # IB reports today's
+        open_orders = await self.broker.open_orders()
+        completed = await self.broker.completed_orders()
+        executions = [f for f in await self.broker.executions() if self._ours(f)]
+        for fill in executions:
+            if not self.engine.knows_exec(fill.exec_id):
                 self._operation("fill_recovered", f"{fill.exec_id} of {fill.order_ref} recovered from executions")
                 self._dispatch(fill)
-        for ref, track in list(self.engine.orders.items()):
-            if track.state in ("filled", "cancelled", "rejected") or ref in open_orders:
-                continue
-            # Not open and not fully filled at the broker: it can no longer fill, so its outcome is known.
-            self._dispatch(OrderUpdate(ref, "cancelled", track.filled, None, self.clock(),
-                                       "not open at the broker after reconnect"))
-        ours = tuple(ref for ref in open_orders if ref.startswith("bifrost:"))
-        self._dispatch(Reconciled(open_refs=ours, unknown_refs=(), ts=self.clock()))
+        orders = {o.order_ref: BrokerOrder(o.order_ref, o.side, o.qty, o.filled, o.status)
+                  for o in [*completed, *open_orders] if self._ours(o)}
+        self._dispatch(Reconciled(tuple(orders.values()), self.clock(), asked_at,
+                                  frozenset(f.exec_id for f in executions), report_since))
+
+    def _ours(self, item: Fill | OpenOrder | CompletedOrder) -> bool:
+        """Our own order or execution: our prefix, in this account, on the underlying's shares. Anything else on
+        the login (another account, another instrument, a client copying our prefix) never reaches the ledger."""
+        assert self.engine is not None
+        ours = (item.order_ref.startswith(ORDER_REF_PREFIX) and item.account == self.broker.account
+                and item.symbol == self.engine.params.underlying and item.sec_type == "STK")
+        key = item.exec_id if isinstance(item, Fill) else item.order_ref
+        if not ours and item.order_ref.startswith(ORDER_REF_PREFIX) and key not in self._foreign:
+            if len(self._foreign) >= FOREIGN_MEMORY:
+                self._foreign.clear()  # at worst a foreign item is reported twice; memory stays bounded
+            self._foreign.add(key)
+            self._operation("foreign_ignored", f"{key} ({item.sec_type} {item.symbol}, account {item.account!r}) "
+                            f"carries our prefix but is not ours (account {self.broker.account!r}, "
+                            f"{self.engine.params.underlying} shares): ignored")
+        return ours
+
+    async def _check_clock(self) -> None:
+        """Quote ages and trading hours use our clock: it must agree with the broker's."""
+        broker_now = await self.broker.current_time()
+        skew_s = (self.clock() - broker_now).total_seconds()
+        skewed = abs(skew_s) > CLOCK_SKEW_MAX_S
+        if skewed != bool(self._clock_skew):
+            self._operation("clock_skew" if skewed else "clock_ok", f"host clock {skew_s:+.1f} s against the "
+                            f"broker's (limit {CLOCK_SKEW_MAX_S:g} s)")
+        self._clock_skew = f"host clock {skew_s:+.1f} s against the broker's" if skewed else ""
+        if self.engine is not None:
+            self._sync_edge()
 
     async def _subscribe(self) -> None:
         assert self.engine is not None
@@ -275,7 +406,7 @@ class Daemon:
         self._positions_stale = False
         self._marks = await self.broker.positions()
         self._dispatch(PositionsSynced(tuple(m.position for m in self._marks), now))
-        self.sink.put("positions", {"ts": now.isoformat(), "account": self._account.get("account", ""),
+        self._put("positions", {"ts": now.isoformat(), "account": self._account.get("account", ""),
                                     "positions": self._positions_json()})
 
     async def _refresh_positions_between_syncs(self) -> None:
@@ -297,7 +428,7 @@ class Daemon:
                          "buying_power": summary.buying_power, "maintenance_margin": summary.maintenance_margin,
                          "cash": summary.cash, "fetched_at": summary.ts.isoformat()}
         await self._refresh_positions()
-        self.sink.put("account", {"ts": summary.ts.isoformat(), **{k: v for k, v in self._account.items()
+        self._put("account", {"ts": summary.ts.isoformat(), **{k: v for k, v in self._account.items()
                                                                   if k != "fetched_at"}})
 
     # ---- heartbeat, status, control ----------------------------------------------------------------------
@@ -309,25 +440,76 @@ class Daemon:
             self._finish_flatten_if_done()
             if self._positions_stale and self.broker.connected:
                 self._spawn(self._refresh_positions_between_syncs(), "order-io")
+            if self._journal_error:
+                self._probe_journal()
             due = self._last_history is None or (now - self._last_history).total_seconds() >= self.history_s
-            self._publish_status(now, history=due or self._history_due)
-            self.sink.put("lease", {"token": self.lease_token, "ts": now.isoformat()})
+            if not self.lease_lost:
+                self._publish_status(now, history=due or self._history_due)
             await asyncio.sleep(self.heartbeat_s)
 
+    def _probe_journal(self) -> None:
+        """Order flow stopped because the journal could not be written: see whether it can be again."""
+        assert self.sink is not None
+        try:
+            self.sink.journal.append([b"#probe\n"], sync=True)
+        except OSError as exc:
+            self._journal_error = f"journal {self.sink.journal_path} unwritable: {exc}"
+            return
+        log.warning("journal %s writable again: order flow resumes", self.sink.journal_path)
+        self._journal_error = ""
+
+    async def _lease_loop(self) -> None:
+        """Renew the lease twice a heartbeat on a database lane of its own (never behind the sink). A renewal the
+        database confirms keeps the fence open; one it cannot confirm closes it (`lease_unconfirmed`) until one
+        does; one that finds the lease taken stops order flow at once and ends the daemon (exit 4)."""
+        renew = self._lease_db(services.lease_renew)
+        while True:
+            started = time.monotonic()
+            try:
+                held = await asyncio.wait_for(renew(token=self.lease_token, daemon_clock_at=self.clock()),
+                                              self.heartbeat_s)
+            except (TimeoutError, DatabaseError) as exc:
+                if not self._lease_trouble:
+                    log.error("lease renewal not confirmed (order flow stops until it is): %r", exc)
+                    self._operation("lease_unconfirmed", f"lease renewal not confirmed: {exc!r}")
+                self._lease_trouble = f"lease renewal not confirmed: {exc!r}"
+            else:
+                if not held:
+                    self._lose_lease()
+                    return
+                if self._lease_trouble:
+                    self._operation("lease_confirmed", "lease confirmed again: order flow resumes")
+                self._lease_trouble = ""
+                self._lease_confirmed_at = started
+            if self.engine is not None:
+                self._sync_edge()
+            await self._sleep(max(self.heartbeat_s / 2 - (time.monotonic() - started), 0.0))
+
+    def _lose_lease(self) -> None:
+        self.lease_lost = True
+        message = "lease lost: another daemon holds it; no order leaves this daemon, which exits"
+        log.critical(message)
+        self._operation("lease_lost", message)
+        if self.engine is not None:
+            self._sync_edge()
+        self.request_stop(message, EXIT_LEASE_LOST)
+
     def _publish_status(self, now: datetime, *, history: bool) -> None:
-        self.sink.put("status", {"payload": self.status_payload(now), "history": history})
+        self._put("status", {"payload": self.status_payload(now), "history": history})
         if history:
             self._last_history, self._history_due = now, False
 
     def status_payload(self, now: datetime) -> dict[str, Any]:
         """The /api/status/ shape, as the daemon sees itself; the web adds the heartbeat-age check."""
-        assert self.engine is not None
-        engine = self.engine
+        assert self.engine is not None and self.sink is not None
+        engine, sink = self.engine, self.sink
         check = engine.self_check(str(self.state))
         checks = [c.as_dict() for c in check.checks]
-        if self.sink.degraded:
+        if sink.degraded:
             checks.append(Check("database", "degraded", "db_unavailable",
-                                f"journaling to {self.sink.journal_path}: {self.sink.last_error}").as_dict())
+                                f"journaling to {sink.journal_path}: {sink.last_error}").as_dict())
+        for name, why in self._failing.items():
+            checks.append(Check(name, "degraded", f"{name}_failed", why).as_dict())
         verdict = verdict_of(c["status"] for c in checks)
         view = engine.status_view()
         config = self.config
@@ -340,7 +522,8 @@ class Daemon:
                        "host": socket.gethostname(), "started_at": self.started_at.isoformat(),
                        "heartbeat_at": now.isoformat(), "heartbeat_age_s": 0.0,
                        "broker_connected": self.broker.connected, "lease": self.lease_token,
-                       "engine_version": ENGINE_VERSION, "db_degraded": self.sink.degraded},
+                       "engine_version": ENGINE_VERSION, "db_degraded": sink.degraded,
+                       "journal_backlog": sink.backlog, "records_rejected": sink.rejected},
             **view,
             "config": {"name": config.name if config else "", "params_hash": engine.params_hash},
             "account": {**self._account, "positions": self._positions_json()},
@@ -351,11 +534,10 @@ class Daemon:
         failing = False
         while True:
             try:
-                for command in await db(services.control_commands_due)(daemon_started_at=self.started_at,
-                                                                       now=self.clock()):
+                for command in await self._control_db(services.control_commands_due)():
                     # Effect first, ack second: nothing a command forbids can happen after its ack.
                     self._take_effect(command)
-                    if await db(services.control_command_ack)(command_id=command.pk, now=self.clock()):
+                    if await self._control_db(services.control_command_ack)(command_id=command.pk):
                         await self._carry_out(command)
                 failing = False
             except DatabaseError as exc:
@@ -382,18 +564,18 @@ class Daemon:
             self.request_stop(f"stop command #{command.pk} by {who}")
         elif name == "pause":
             self._daemon(DaemonTrigger.PAUSE)
-            self.sink.put("control_state", {"paused": True, "paused_reason": command.reason or f"paused by {who}"})
+            self._put("control_state", {"paused": True, "paused_reason": command.reason or f"paused by {who}"})
             self._finish(command.pk, "done", "paused: no new hedge orders")
         elif name == "resume":
             self._daemon(DaemonTrigger.RESUME)
-            self.sink.put("control_state", {"paused": False, "paused_reason": ""})
+            self._put("control_state", {"paused": False, "paused_reason": ""})
             self._finish(command.pk, "done", "resumed")
         elif name == "reset_halt":
-            self.sink.put("control_state", {"halted": False, "halt_reason": ""})
+            self._put("control_state", {"halted": False, "halt_reason": ""})
             self._finish(command.pk, "done", "risk halt reset")
         elif name == "flatten":
             self._daemon(DaemonTrigger.PAUSE)
-            self.sink.put("control_state", {"paused": True, "paused_reason": f"flatten by {who}"})
+            self._put("control_state", {"paused": True, "paused_reason": f"flatten by {who}"})
             self._flatten_command = command.pk
             self._finish_flatten_if_done()
         elif name == "reconnect":
@@ -410,13 +592,10 @@ class Daemon:
 
     def _finish_flatten_if_done(self) -> None:
         engine = self.engine
-        if self._flatten_command is None or engine is None or engine.flattening:
+        if self._flatten_command is None or engine is None or engine.flattening or engine.flatten_outcome is None:
             return
-        shares = engine.book.hedge_shares
-        if abs(shares) < 1e-9:
-            self._finish(self._flatten_command, "done", "flattened: Bifrost hedge shares are 0; paused")
-        else:
-            self._finish(self._flatten_command, "rejected", f"flatten incomplete: {shares:g} hedge shares remain")
+        outcome, why = engine.flatten_outcome
+        self._finish(self._flatten_command, "done" if outcome == "done" else "rejected", why)
         self._flatten_command = None
 
     async def _tell_the_web(self, kinds: set[str]) -> None:
@@ -460,12 +639,16 @@ class Daemon:
             self._operation("daemon_state", f"daemon {before} → {self.state} ({trigger})")
 
     def _finish(self, command_id: int, state: str, result: str) -> None:
-        self.sink.put("command_result", {"command_id": command_id, "state": state, "result": result,
+        self._put("command_result", {"command_id": command_id, "state": state, "result": result,
                                          "ts": self.clock().isoformat()})
         self._operation(f"command_{state}", f"command #{command_id} {state}: {result}")
 
+    def _put(self, kind: str, data: dict[str, Any]) -> None:
+        assert self.sink is not None
+        self.sink.put(kind, data)
+
     def _operation(self, kind: str, message: str, actor: str = "daemon") -> None:
-        self.sink.put("operation", {"ts": self.clock().isoformat(), "kind": kind, "message": message, "actor": actor})
+        self._put("operation", {"ts": self.clock().isoformat(), "kind": kind, "message": message, "actor": actor})
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -477,10 +660,15 @@ class Daemon:
             self._tasks.remove(task)
         if task.cancelled() or task.exception() is None:
             return
-        log.error("task %s crashed", task.get_name(), exc_info=task.exception())
-        self.request_stop(f"internal error in {task.get_name()}: {task.exception()!r}")
+        exc = task.exception()
+        if isinstance(exc, ConfigError):  # e.g. the broker found several accounts and no IB_ACCOUNT
+            log.critical("configuration error: %s", exc)
+            self.request_stop(f"configuration error: {exc}", EXIT_CONFIG)
+            return
+        log.error("task %s crashed", task.get_name(), exc_info=exc)
+        self.request_stop(f"internal error in {task.get_name()}: {exc!r}", EXIT_INTERNAL)
 
-    async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> None:
+    async def _sleep(self, seconds: float | None, wake: asyncio.Event | None = None) -> None:
         """Sleep, but wake at once on stop (or on `wake`): stop must be honoured within a second from anywhere."""
         waiters = [asyncio.ensure_future(self._stop.wait())]
         if wake is not None:

@@ -1,15 +1,18 @@
 """The TWS-protocol simulator: an asyncio server on 127.0.0.1 that speaks the IB socket protocol (server version 176)
-well enough for the unmodified ib_insync and ib_async clients, backed by the same market model as SimBroker, with
-a seeded account, an order book with fills, and fault injection for tests.
+well enough for the unmodified ib_insync and ib_async clients, backed by the same market model and the same simulated
+account (`trading.sim.account`) as SimBroker: one or several managed accounts, every client's orders and executions,
+completed orders, and fault injection for tests.
 
-Faults are plain-text commands (`TwsServer.command`), given at start (`manage.py tws_sim --fault ...`) or sent
-at run time over the control port (`manage.py tws_sim --send ...`); `help` lists them."""
+Faults and foreign activity (another API client trading on the same login) are plain-text commands
+(`TwsServer.command`), given at start (`manage.py tws_sim --fault ...`) or sent at run time over the control port
+(`manage.py tws_sim --send ...`); `help` lists them."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -18,15 +21,24 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from trading.core.events import Side
+from trading.core.events import Contract, OrderType, Side
+from trading.sim.account import (
+    CANCELLED,
+    FILLED,
+    FLAT_STOCK_PRICES,
+    REJECTED,
+    WORKING,
+    SimAccount,
+    SimExecution,
+    SimHolding,
+    SimOrder,
+)
 from trading.sim.market import (
     MarketConfig,
     MarketModel,
-    average_cost_after,
     con_id_for,
     first_friday_on_or_after,
     local_symbol_for,
-    seed_account,
 )
 from trading.sim.tws_protocol import (
     MIN_CLIENT_VERSION,
@@ -44,20 +56,23 @@ from trading.sim.tws_protocol import (
 
 log = logging.getLogger(__name__)
 
-ACCOUNT = "DU1234567"
-STARTING_CASH_USD = 1_000_000.0
+ACCOUNT = "DU1234567"  # the default (and first) managed account
 OPTION_MULTIPLIER = 100
-OTHER_STOCK_PRICES = {"AAPL": 200.0}  # stocks the model does not drive: quoted flat at this price
 PRIMARY_EXCHANGE = {"NVDA": "NASDAQ", "AAPL": "NASDAQ"}
 OPTION_QUOTE_EVERY_S = 0.5
 PORTFOLIO_PUSH_EVERY_S = 5.0
 CHAIN_WEEKS = 30
+FOREIGN_CLIENT_ID = 99  # the other API client of `foreign_fill` / `foreign_order`
 FARM_INFOS = ((2104, "Market data farm connection is OK:usfarm"), (2106, "HMDS data farm connection is OK:ushmds"),
               (2158, "Sec-def data farm connection is OK:secdefnj"))
 MSG_326 = "Unable to connect as the client id is already in use. Retry with a unique client id."
+MSG_435 = "You must specify an account."
 MSG_1100 = "Connectivity between IB and Trader Workstation has been lost."
 MSG_1102 = "Connectivity between IB and Trader Workstation has been restored - data maintained."
-OPEN_STATUSES = ("PreSubmitted", "Submitted", "PendingCancel")
+# The account's order states as TWS names them (orderStatus, openOrder, completedOrder).
+IB_STATUS = {WORKING: "Submitted", FILLED: "Filled", CANCELLED: "Cancelled", REJECTED: "Inactive"}
+IB_ORDER_TYPE: dict[OrderType, str] = {"market": "MKT", "limit": "LMT"}
+IB_SIDE: dict[Side, str] = {"BUY": "BOT", "SELL": "SLD"}
 
 
 def utc_now() -> datetime:
@@ -72,6 +87,8 @@ def ib_time(ts: datetime) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SimContract:
+    """An instrument as it travels on the wire (strings where IB sends strings); `core()` is the model's view."""
+
     con_id: int
     symbol: str
     sec_type: str  # STK | OPT
@@ -80,6 +97,17 @@ class SimContract:
     right: str = ""
     multiplier: int = 1
     local_symbol: str = ""
+
+    @classmethod
+    def from_core(cls, c: Contract) -> SimContract:
+        return cls(c.con_id, c.symbol, c.sec_type, f"{c.expiry:%Y%m%d}" if c.expiry else "", float(c.strike or 0.0),
+                   c.right or "", c.multiplier, c.local_symbol)
+
+    def core(self) -> Contract:
+        return Contract(self.con_id, self.symbol, "OPT" if self.sec_type == "OPT" else "STK",
+                        right="C" if self.right == "C" else "P" if self.right == "P" else None,
+                        strike=self.strike if self.sec_type == "OPT" else None, expiry=self.expiry_date,
+                        multiplier=self.multiplier, local_symbol=self.local_symbol)
 
     @property
     def primary_exchange(self) -> str:
@@ -119,7 +147,7 @@ class Catalog:
 
     def __init__(self, config: MarketConfig, today: date) -> None:
         self.by_id: dict[int, SimContract] = {}
-        for symbol in {config.symbol, *OTHER_STOCK_PRICES}:
+        for symbol in {config.symbol, *FLAT_STOCK_PRICES}:
             self.add(stock(symbol))
         first_friday = first_friday_on_or_after(today)
         low, high = max(5, round(config.spot0 * 0.5 / 5) * 5), round(config.spot0 * 1.7 / 5) * 5
@@ -158,58 +186,6 @@ class Catalog:
         return out
 
 
-# ---- the account and its orders ----------------------------------------------------------------------------------
-
-@dataclass
-class Holding:
-    contract: SimContract
-    qty: float
-    avg_price: float  # per share / per unit of the option quote
-
-
-@dataclass
-class SimOrder:
-    client_id: int
-    order_id: int
-    perm_id: int
-    con_id: int
-    action: str  # BUY | SELL
-    qty: float
-    order_type: str  # MKT | LMT
-    lmt_price: float | None
-    tif: str
-    account: str
-    order_ref: str
-    status: str = "Submitted"
-    filled: float = 0.0
-    avg_fill_price: float = 0.0
-    last_fill_price: float = 0.0
-    commission: float = 0.0
-    received_at: float = 0.0  # epoch seconds
-
-    @property
-    def remaining(self) -> float:
-        return max(self.qty - self.filled, 0.0)
-
-
-@dataclass
-class SimExecution:
-    exec_id: str
-    client_id: int
-    order_id: int
-    perm_id: int
-    con_id: int
-    side: str  # BOT | SLD
-    shares: float
-    price: float
-    time: str
-    cum_qty: float
-    avg_price: float
-    order_ref: str
-    commission: float
-    account: str = ACCOUNT
-
-
 @dataclass
 class Faults:
     """What the tests switched on; see `TwsServer.command`."""
@@ -223,6 +199,8 @@ class Faults:
     drop_on_order_next: int = 0
     drop_down_s: float = 0.0  # after such a drop, refuse new connections this long
     reject_reason: str = "simulated rejection"
+    partial_next: float = 0.0  # the next order fills only this many shares and then rests open (0: off)
+    time_skew_s: float = 0.0  # reqCurrentTime answers this far from the server's clock
 
 
 # ---- the server -------------------------------------------------------------------------------------------------------
@@ -246,7 +224,7 @@ class Session:
         self.md_type = 1
         self.subs: dict[int, _Sub] = {}
         self.positions_sub = False
-        self.account_sub = False
+        self.account_sub: str | None = None  # the account whose updates this client subscribed to
         self.closed = False
 
     def send(self, *messages: Sequence[Field]) -> None:
@@ -304,11 +282,15 @@ class Session:
 
 
 class TwsServer:
-    """The simulator. `await start()`, then it serves until `await stop()`."""
+    """The simulator. `await start()`, then it serves until `await stop()`.
+
+    `accounts` are the login's managed accounts: the first holds the seeded straddle (`straddles` long calls and
+    puts) and the manual positions (`manual_shares` of the underlying among them), the others cash and some shares."""
 
     def __init__(self, config: MarketConfig | None = None, *, seed: int = 7, host: str = "127.0.0.1", port: int = 7497,
                  speed: float = 1.0, tick_s: float = 0.25, state_path: Path | None = None,
-                 clock: Callable[[], datetime] = utc_now, straddles: int = 10, manual_shares: int = 100) -> None:
+                 clock: Callable[[], datetime] = utc_now, straddles: int = 10, manual_shares: int = 100,
+                 accounts: Sequence[str] = (ACCOUNT,)) -> None:
         self.config = config or MarketConfig()
         self.seed = seed
         self.host = host
@@ -317,18 +299,19 @@ class TwsServer:
         self.tick_s = tick_s
         self.state_path = state_path
         self.clock = clock
+        self.accounts = list(accounts)
         self.model = MarketModel(self.config, seed)
         self.catalog = Catalog(self.config, clock().date())
+        self.book = SimAccount(self.model, accounts=self.accounts, clock=clock, state_path=state_path, seed=seed,
+                               straddles=straddles, manual_shares=manual_shares)
+        # What the account holds or has ordered may lie outside today's chain (a restart after an expiry roll).
+        for _, holding in self.book.positions():
+            self.catalog.add(SimContract.from_core(holding.contract))
+        for order in self.book.orders.values():
+            self.catalog.add(SimContract.from_core(order.contract))
         self.faults = Faults()
         self.fill_latency_s = self.config.fill_latency_ms / 1000.0
         self.sessions: list[Session] = []
-        self.holdings: dict[int, Holding] = {}
-        self.orders: dict[tuple[int, int], SimOrder] = {}
-        self.executions: list[SimExecution] = []
-        self.cash = STARTING_CASH_USD
-        self.next_order_id = 1
-        self.next_perm_id = 1_000_001
-        self.exec_seq = 0
         self.on_bytes_in: Callable[[bytes], None] | None = None  # the latency bench's stopwatch
         self._rng = random.Random(seed)
         self._server: asyncio.Server | None = None
@@ -339,18 +322,17 @@ class TwsServer:
             In.REQ_OPEN_ORDERS: self._req_open_orders, In.REQ_ALL_OPEN_ORDERS: self._req_open_orders,
             In.REQ_ACCOUNT_UPDATES: self._req_account_updates, In.REQ_EXECUTIONS: self._req_executions,
             In.REQ_IDS: self._req_ids, In.REQ_CONTRACT_DATA: self._req_contract_data,
-            In.REQ_MANAGED_ACCTS: lambda s, c: s.send([Out.MANAGED_ACCTS, 1, ACCOUNT]),
-            In.REQ_CURRENT_TIME: lambda s, c: s.send([Out.CURRENT_TIME, 1, int(time.time())]),
+            In.REQ_MANAGED_ACCTS: lambda s, c: s.send(self._managed_accounts_msg()),
+            In.REQ_CURRENT_TIME: self._req_current_time,
             In.REQ_MARKET_DATA_TYPE: self._req_market_data_type, In.REQ_POSITIONS: self._req_positions,
             In.CANCEL_POSITIONS: self._cancel_positions, In.REQ_ACCOUNT_SUMMARY: self._req_account_summary,
             In.START_API: self._start_api, In.REQ_ACCOUNT_UPDATES_MULTI: self._req_account_updates_multi,
             In.REQ_SEC_DEF_OPT_PARAMS: self._req_sec_def_opt_params,
-            In.REQ_COMPLETED_ORDERS: lambda s, c: s.send([Out.COMPLETED_ORDERS_END]),
+            In.REQ_COMPLETED_ORDERS: self._req_completed_orders,
             In.REQ_GLOBAL_CANCEL: self._req_global_cancel,
             In.REQ_AUTO_OPEN_ORDERS: lambda s, c: None, In.CANCEL_ACCOUNT_SUMMARY: lambda s, c: None,
             In.CANCEL_ACCOUNT_UPDATES_MULTI: lambda s, c: None,
         }
-        self._load_or_seed()
 
     # ---- life cycle -----------------------------------------------------------------------------------------
 
@@ -358,8 +340,8 @@ class TwsServer:
         await self._listen()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._market_loop(), name="tws-market")]
-        log.info("tws_sim listening on %s:%s (server version %s, account %s)", self.host, self.port,
-                 SERVER_VERSION, ACCOUNT)
+        log.info("tws_sim listening on %s:%s (server version %s, accounts %s)", self.host, self.port,
+                 SERVER_VERSION, ",".join(self.accounts))
 
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(self._on_client, self.host, self.port, reuse_address=True)
@@ -373,7 +355,8 @@ class TwsServer:
         for s in list(self.sessions):
             s.abort()
         await asyncio.sleep(0)  # let the sessions see their connection gone
-        self._save()
+        self.book.save()
+        self.book.close()
 
     async def _close_listener(self) -> None:
         if self._server is not None:
@@ -422,12 +405,23 @@ class TwsServer:
             return
         s.client_id = client_id
         farm_infos: list[list[Field]] = [[Out.ERR_MSG, 2, -1, code, text, ""] for code, text in FARM_INFOS]
-        s.send([Out.MANAGED_ACCTS, 1, ACCOUNT], [Out.NEXT_VALID_ID, 1, self.next_order_id], *farm_infos)
+        s.send(self._managed_accounts_msg(), [Out.NEXT_VALID_ID, 1, self.book.next_order_id], *farm_infos)
+        # As TWS: a client id's working orders are bound to it again when it reconnects (after a crash too), so a
+        # restarted client can cancel and follow them before it asks for anything.
+        for order in self.book.open_orders():
+            if order.client_id == client_id:
+                s.send(self._open_order_msg(order), self._order_status_msg(order))
         if self.faults.link_lost:
             s.error(-1, 1100, MSG_1100)
 
+    def _managed_accounts_msg(self) -> list[Field]:
+        return [Out.MANAGED_ACCTS, 1, ",".join(self.accounts)]
+
     def _req_ids(self, s: Session, cur: Cursor) -> None:
-        s.send([Out.NEXT_VALID_ID, 1, self.next_order_id])
+        s.send([Out.NEXT_VALID_ID, 1, self.book.next_order_id])
+
+    def _req_current_time(self, s: Session, cur: Cursor) -> None:
+        s.send([Out.CURRENT_TIME, 1, int(self.clock().timestamp() + self.faults.time_skew_s)])
 
     # ---- contracts ---------------------------------------------------------------------------------------------
 
@@ -517,8 +511,8 @@ class TwsServer:
                 q = self.model.stock_quote()
                 bid, ask, last = q.bid, q.ask, q.last
             else:
-                price = OTHER_STOCK_PRICES.get(c.symbol, 100.0)
-                bid, ask, last = price - 0.01, price + 0.01, price
+                flat = self.book.quote(c.core())
+                bid, ask, last = flat.bid, flat.ask, round((flat.bid + flat.ask) / 2, 2)
             return [[Out.TICK_PRICE, 6, sub.req_id, 1 + d, bid, 100 * rnd(1, 30), 0],
                     [Out.TICK_PRICE, 6, sub.req_id, 2 + d, ask, 100 * rnd(1, 30), 0],
                     [Out.TICK_PRICE, 6, sub.req_id, 4 + d, last, 100 * rnd(1, 5), 0],
@@ -541,7 +535,7 @@ class TwsServer:
             now = loop.time()
             self.model.step(max(now - last, 1e-6) * self.speed)
             last = now
-            self._fill_resting_limits()
+            self._sweep_orders()
             if now - last_portfolio >= PORTFOLIO_PUSH_EVERY_S:
                 last_portfolio = now
                 self._push_account()
@@ -562,84 +556,92 @@ class TwsServer:
 
     # ---- positions and account ---------------------------------------------------------------------------------
 
+    def _wire(self, c: Contract) -> SimContract:
+        return self.catalog.by_id.get(c.con_id) or self.catalog.add(SimContract.from_core(c))
+
     def _req_positions(self, s: Session, cur: Cursor) -> None:
         s.positions_sub = True
-        s.send(*(self._position_msg(h) for h in self.holdings.values()), [Out.POSITION_END, 1])
+        s.send(*(self._position_msg(a, h) for a, h in self.book.positions()), [Out.POSITION_END, 1])
 
     def _cancel_positions(self, s: Session, cur: Cursor) -> None:
         s.positions_sub = False
 
-    def _position_msg(self, h: Holding) -> list[Field]:
-        c = h.contract
+    def _position_msg(self, account: str, h: SimHolding) -> list[Field]:
+        c = self._wire(h.contract)
         exchange = c.primary_exchange if c.sec_type == "STK" else ""
-        return [Out.POSITION_DATA, 3, ACCOUNT, *c.fields11(exchange), h.qty, h.avg_price * c.multiplier]
+        return [Out.POSITION_DATA, 3, account, *c.fields11(exchange), h.qty, h.avg_price * c.multiplier]
 
-    def mark(self, c: SimContract) -> float:
-        if c.sec_type == "STK":
-            return self.model.stock_quote().mid if c.symbol == self.config.symbol else OTHER_STOCK_PRICES.get(
-                c.symbol, 100.0)
-        if c.symbol != self.config.symbol:
-            return 0.0
-        return self.model.option_quote(c.right, c.strike, c.expiry_date or self.clock().date(),  # type: ignore[arg-type]
-                                       self.clock()).mid
+    def account_values(self, account: str | None = None) -> dict[str, float | str]:
+        """The tags TWS reports for one account (the first by default), in USD."""
+        v = self.book.values(account or self.accounts[0])
+        return {"AccountCode": v.account, "AccountType": "INDIVIDUAL", "NetLiquidation": round(v.net_liquidation_usd, 2),
+                "TotalCashValue": round(v.cash_usd, 2), "CashBalance": round(v.cash_usd, 2),
+                "BuyingPower": round(v.buying_power_usd, 2), "AvailableFunds": round(v.available_funds_usd, 2),
+                "ExcessLiquidity": round(v.available_funds_usd, 2), "InitMarginReq": round(v.maint_margin_usd, 2),
+                "MaintMarginReq": round(v.maint_margin_usd, 2), "EquityWithLoanValue": round(v.net_liquidation_usd, 2),
+                "GrossPositionValue": round(v.gross_position_usd, 2), "UnrealizedPnL": round(v.unrealized_pnl_usd, 2),
+                "RealizedPnL": 0.0}
 
-    def account_values(self) -> dict[str, float | str]:
-        gross = sum(abs(h.qty) * h.contract.multiplier * self.mark(h.contract) for h in self.holdings.values())
-        value = sum(h.qty * h.contract.multiplier * self.mark(h.contract) for h in self.holdings.values())
-        unrealized = sum(h.qty * h.contract.multiplier * (self.mark(h.contract) - h.avg_price)
-                         for h in self.holdings.values())
-        stock_margin = sum(abs(h.qty) * self.mark(h.contract) * 0.25 for h in self.holdings.values()
-                           if h.contract.sec_type == "STK")
-        net_liq = self.cash + value
-        return {"AccountCode": ACCOUNT, "AccountType": "INDIVIDUAL", "NetLiquidation": round(net_liq, 2),
-                "TotalCashValue": round(self.cash, 2), "CashBalance": round(self.cash, 2),
-                "BuyingPower": round(max(net_liq - stock_margin, 0.0) * 4, 2),
-                "AvailableFunds": round(net_liq - stock_margin, 2), "ExcessLiquidity": round(net_liq - stock_margin, 2),
-                "InitMarginReq": round(stock_margin, 2), "MaintMarginReq": round(stock_margin, 2),
-                "EquityWithLoanValue": round(net_liq, 2), "GrossPositionValue": round(gross, 2),
-                "UnrealizedPnL": round(unrealized, 2), "RealizedPnL": 0.0}
+    def _account_value_msgs(self, account: str) -> list[list[Field]]:
+        return [[Out.ACCT_VALUE, 2, key, value, "" if isinstance(value, str) else "USD", account]
+                for key, value in self.account_values(account).items()]
 
-    def _account_value_msgs(self) -> list[list[Field]]:
-        return [[Out.ACCT_VALUE, 2, key, value, "" if isinstance(value, str) else "USD", ACCOUNT]
-                for key, value in self.account_values().items()]
-
-    def _portfolio_msg(self, h: Holding) -> list[Field]:
-        c = h.contract
-        price = self.mark(c)
+    def _portfolio_msg(self, account: str, h: SimHolding) -> list[Field]:
+        c = self._wire(h.contract)
+        price = self.book.mark(h.contract)
         fields = c.fields11(c.primary_exchange)
         return [Out.PORTFOLIO_VALUE, 8, *fields, h.qty, round(price, 6), round(h.qty * c.multiplier * price, 2),
-                h.avg_price * c.multiplier, round(h.qty * c.multiplier * (price - h.avg_price), 2), 0.0, ACCOUNT]
+                h.avg_price * c.multiplier, round(h.qty * c.multiplier * (price - h.avg_price), 2), 0.0, account]
 
     def _req_account_updates(self, s: Session, cur: Cursor) -> None:
         cur.skip()
         subscribe = cur.integer() == 1
-        s.account_sub = subscribe
+        code = cur.text()
+        account = code if code in self.accounts else self.accounts[0]
+        s.account_sub = account if subscribe else None
         if subscribe:
-            s.send(*self._account_value_msgs(), *(self._portfolio_msg(h) for h in self.holdings.values()),
-                   [Out.ACCT_UPDATE_TIME, 1, self.clock().strftime("%H:%M")], [Out.ACCT_DOWNLOAD_END, 1, ACCOUNT])
+            s.send(*self._account_value_msgs(account),
+                   *(self._portfolio_msg(account, h) for _, h in self.book.positions(account)),
+                   [Out.ACCT_UPDATE_TIME, 1, self.clock().strftime("%H:%M")], [Out.ACCT_DOWNLOAD_END, 1, account])
 
     def _req_account_updates_multi(self, s: Session, cur: Cursor) -> None:
         cur.skip()
         req_id = cur.integer()
-        s.send(*([Out.ACCOUNT_UPDATE_MULTI, 1, req_id, ACCOUNT, "", key, value,
-                  "" if isinstance(value, str) else "USD"] for key, value in self.account_values().items()),
+        code = cur.text()
+        accounts = self.accounts if code in ("", "All") else [a for a in self.accounts if a == code]
+        s.send(*([Out.ACCOUNT_UPDATE_MULTI, 1, req_id, account, "", key, value,
+                  "" if isinstance(value, str) else "USD"]
+                 for account in accounts for key, value in self.account_values(account).items()),
                [Out.ACCOUNT_UPDATE_MULTI_END, 1, req_id])
 
     def _req_account_summary(self, s: Session, cur: Cursor) -> None:
         cur.skip()
         req_id = cur.integer()
-        cur.skip()  # group
+        cur.skip()  # group: every managed account is in "All"
         tags = {t for t in cur.text().split(",") if t}
-        values = self.account_values()
-        wanted = [k for k in values if k in tags] or list(values)
-        s.send(*([Out.ACCOUNT_SUMMARY, 1, req_id, ACCOUNT, k, values[k], "" if isinstance(values[k], str) else "USD"]
-                 for k in wanted), [Out.ACCOUNT_SUMMARY_END, 1, req_id])
+        rows: list[list[Field]] = []
+        for account in self.accounts:
+            values = self.account_values(account)
+            wanted = [k for k in values if k in tags] or list(values)
+            rows += [[Out.ACCOUNT_SUMMARY, 1, req_id, account, k, values[k],
+                      "" if isinstance(values[k], str) else "USD"] for k in wanted]
+        s.send(*rows, [Out.ACCOUNT_SUMMARY_END, 1, req_id])
 
-    def _push_account(self, holdings: list[Holding] | None = None) -> None:
+    def _push_account(self, account: str | None = None, holdings: list[SimHolding] | None = None) -> None:
+        """Account values and portfolio rows to every session subscribed to that account (all accounts: None)."""
         for s in self.sessions:
-            if s.account_sub:
-                s.send(*self._account_value_msgs(),
-                       *(self._portfolio_msg(h) for h in (holdings if holdings is not None else self.holdings.values())))
+            if s.account_sub is None or (account is not None and s.account_sub != account):
+                continue
+            rows = holdings if holdings is not None else [h for _, h in self.book.positions(s.account_sub)]
+            s.send(*self._account_value_msgs(s.account_sub), *(self._portfolio_msg(s.account_sub, h) for h in rows))
+
+    def _push_positions(self, account: str, holding: SimHolding | None) -> None:
+        if holding is None:
+            return
+        for s in self.sessions:
+            if s.positions_sub:
+                s.send(self._position_msg(account, holding))
+        self._push_account(account, [holding])
 
     # ---- orders --------------------------------------------------------------------------------------------------
 
@@ -650,13 +652,12 @@ class TwsServer:
         action, qty, order_type = cur.text().upper(), cur.number(), cur.text().upper()
         lmt, _aux, tif = cur.text(), cur.text(), cur.text()
         cur.skip()  # ocaGroup
-        account = cur.text() or ACCOUNT
+        account_field = cur.text()
         cur.skip(2)  # openClose, origin
         order_ref = cur.text()
         assert s.client_id is not None
-        key = (s.client_id, order_id)
-        self.next_order_id = max(self.next_order_id, order_id + 1)
-        existing = self.orders.get(key)
+        self.book.see_order_id(order_id)
+        existing = self.book.order(s.client_id, order_id)
         if existing is not None:
             self._modify(s, existing, qty, lmt)
             return
@@ -669,16 +670,25 @@ class TwsServer:
             s.error(order_id, 321, f"Error validating request:-'bW' : cause - unsupported order "
                                    f"{action} {qty:g} {order_type} {lmt}")
             return
-        order = SimOrder(s.client_id, order_id, self.next_perm_id, found[0].con_id, action, qty, order_type,
-                         float(lmt) if order_type == "LMT" else None, tif or "DAY", account, order_ref,
-                         received_at=time.time())
-        self.next_perm_id += 1
-        self.orders[key] = order
+        account, refusal = self._order_account(account_field)
+        accepted = refusal is None and self.faults.reject_next == 0
+        fill_cap = None
+        if accepted and self.faults.partial_next > 0:
+            fill_cap, self.faults.partial_next = min(self.faults.partial_next, qty), 0.0
+        order = self.book.new_order(
+            client_id=s.client_id, order_id=order_id, account=account, contract=found[0].core(),
+            side="BUY" if action == "BUY" else "SELL", qty=qty, order_type="limit" if order_type == "LMT" else "market",
+            limit=float(lmt) if order_type == "LMT" else None, tif=tif or "DAY", order_ref=order_ref,
+            fill_cap=fill_cap)
+        if refusal is not None:
+            code, text = refusal
+            self.book.reject(order, text)
+            s.error(order_id, code, text)
+            return
         if self.faults.reject_next > 0:
             self.faults.reject_next -= 1
-            order.status = "Inactive"
+            self.book.reject(order, self.faults.reject_reason)
             s.error(order_id, 201, f"Order rejected - reason:{self.faults.reject_reason}")
-            self._save()
             return
         if self.faults.drop_on_order_next > 0:
             # The order reached us and will work; the client never hears about it on this connection.
@@ -688,54 +698,67 @@ class TwsServer:
                 self._background(self.restart(self.faults.drop_down_s))
         else:
             self._send_order_state(order, pre=True)
-        self._save()
         asyncio.get_running_loop().call_later(self.fill_latency_s, self._try_fill, order)
 
+    def _order_account(self, requested: str) -> tuple[str, tuple[int, str] | None]:
+        """The account an order books into, or why TWS refuses it: with several managed accounts it must say which."""
+        if requested:
+            if requested in self.accounts:
+                return requested, None
+            return requested, (201, f"Order rejected - reason:account {requested} is not managed by this login "
+                                    f"({','.join(self.accounts)})")
+        if len(self.accounts) == 1:
+            return self.accounts[0], None
+        return "", (435, MSG_435)
+
     def _modify(self, s: Session, order: SimOrder, qty: float, lmt: str) -> None:
-        if order.status not in OPEN_STATUSES:
+        if not order.is_open:
             s.error(order.order_id, 104, "Cannot modify a filled order.")
             return
-        order.qty = max(qty, order.filled)
-        if lmt:
-            order.lmt_price = float(lmt)
+        self.book.modify(order, qty, float(lmt) if lmt else None)
         self._send_order_state(order)
 
     def _cancel_order(self, s: Session, cur: Cursor) -> None:
         cur.skip()
         order_id = cur.integer()
         assert s.client_id is not None
-        order = self.orders.get((s.client_id, order_id))
+        order = self.book.order(s.client_id, order_id)
         if order is None:
             s.error(order_id, 10147, f"OrderId {order_id} that needs to be cancelled is not found.")
             return
-        if order.status not in OPEN_STATUSES:
+        if not self.book.cancel(order):
             s.error(order_id, 10148, f"OrderId {order_id} that needs to be cancelled cannot be cancelled, "
-                                     f"state: {order.status}.")
+                                     f"state: {IB_STATUS[order.status]}.")
             return
-        order.status = "Cancelled"
         self._send_order_state(order)
         s.error(order_id, 202, "Order Canceled - reason:")
-        self._save()
 
     def _req_global_cancel(self, s: Session, cur: Cursor) -> None:
-        for order in self.orders.values():
-            if order.status in OPEN_STATUSES:
-                order.status = "Cancelled"
-                self._send_order_state(order)
-        self._save()
+        for order in self.book.open_orders():
+            self.book.cancel(order)
+            self._send_order_state(order)
 
     def _req_open_orders(self, s: Session, cur: Cursor) -> None:
+        """reqAllOpenOrders: every client's working orders; reqOpenOrders: this client's (client 0: all, as TWS binds
+        every order to the master client 0)."""
         mine_only = int(cur.fields[0]) == In.REQ_OPEN_ORDERS and s.client_id != 0
         messages = []
-        for order in self.orders.values():
-            if order.status in OPEN_STATUSES and (not mine_only or order.client_id == s.client_id):
+        for order in self.book.open_orders():
+            if not mine_only or order.client_id == s.client_id:
                 messages += [self._open_order_msg(order), self._order_status_msg(order)]
         s.send(*messages, [Out.OPEN_ORDER_END, 1])
+
+    def _req_completed_orders(self, s: Session, cur: Cursor) -> None:
+        """Every finished order (Filled, Cancelled, Inactive) of every client; all of ours are API orders, so
+        apiOnly changes nothing."""
+        s.send(*(self._completed_order_msg(o, s.version) for o in self.book.finished_orders()),
+               [Out.COMPLETED_ORDERS_END])
 
     def _session_of(self, client_id: int) -> Session | None:
         return next((s for s in self.sessions if s.client_id == client_id and not s.closed), None)
 
     def _send_order_state(self, order: SimOrder, *, pre: bool = False) -> None:
+        """openOrder and orderStatus go to the client that placed the order, only (as TWS)."""
         s = self._session_of(order.client_id)
         if s is None:
             return
@@ -744,20 +767,20 @@ class TwsServer:
         s.send(self._open_order_msg(order), self._order_status_msg(order))
 
     def _order_status_msg(self, o: SimOrder, status: str | None = None) -> list[Field]:
-        return [Out.ORDER_STATUS, o.order_id, status or o.status, o.filled, o.remaining, o.avg_fill_price, o.perm_id,
-                0, o.last_fill_price, o.client_id, "", 0.0]
+        return [Out.ORDER_STATUS, o.order_id, status or IB_STATUS[o.status], o.filled, o.remaining, o.avg_fill_price,
+                o.perm_id, 0, o.last_fill_price, o.client_id, "", 0.0]
 
     def _open_order_msg(self, o: SimOrder, status: str | None = None) -> list[Field]:
         """openOrder at v176 for a plain (non-combo, non-algo, unconditional) order: 128 fields."""
-        c = self.catalog.by_id[o.con_id]
-        status = status or o.status
-        lmt = o.lmt_price if o.lmt_price is not None else UNSET_DOUBLE
+        c = self._wire(o.contract)
+        status = status or IB_STATUS[o.status]
+        lmt = o.limit if o.limit is not None else UNSET_DOUBLE
         head: list[Field] = [Out.OPEN_ORDER, o.order_id, *c.fields11("SMART")]
         order: list[tuple[str, Field]] = [
-            ("action", o.action), ("totalQuantity", o.qty), ("orderType", o.order_type), ("lmtPrice", lmt),
-            ("auxPrice", 0.0), ("tif", o.tif), ("ocaGroup", ""), ("account", o.account), ("openClose", ""),
-            ("origin", 0), ("orderRef", o.order_ref), ("clientId", o.client_id), ("permId", o.perm_id),
-            ("outsideRth", 0), ("hidden", 0), ("discretionaryAmt", 0.0), ("goodAfterTime", ""),
+            ("action", o.side), ("totalQuantity", o.qty), ("orderType", IB_ORDER_TYPE[o.order_type]),
+            ("lmtPrice", lmt), ("auxPrice", 0.0), ("tif", o.tif), ("ocaGroup", ""), ("account", o.account),
+            ("openClose", ""), ("origin", 0), ("orderRef", o.order_ref), ("clientId", o.client_id),
+            ("permId", o.perm_id), ("outsideRth", 0), ("hidden", 0), ("discretionaryAmt", 0.0), ("goodAfterTime", ""),
             ("sharesAllocation", ""), ("faGroup", ""), ("faMethod", ""), ("faPercentage", ""), ("faProfile", ""),
             ("modelCode", ""), ("goodTillDate", ""), ("rule80A", ""), ("percentOffset", ""), ("settlingFirm", ""),
             ("shortSaleSlot", 0), ("designatedLocation", ""), ("exemptCode", -1), ("auctionStrategy", 0),
@@ -788,49 +811,53 @@ class TwsServer:
         ]
         return head + [value for _, value in order]
 
-    def _fill_resting_limits(self) -> None:
-        for order in list(self.orders.values()):
-            if order.status == "Submitted" and order.order_type == "LMT":
-                self._try_fill(order)
+    def _completed_order_msg(self, o: SimOrder, version: int) -> list[Field]:
+        """completedOrder (101, no version field, no orderId or clientId: keyed by permId) for a plain order, in the
+        order of the clients' decoder `completedOrder`; faProfile below 177, the minTradeQty block from 170."""
+        c = self._wire(o.contract)
+        status = IB_STATUS[o.status]
+        completed_status = {FILLED: "Filled", CANCELLED: "Cancelled by Trader"}.get(o.status, f"Rejected: {o.reason}")
+        finished = datetime.fromtimestamp(o.done_at if o.done_at is not None else o.received_at, UTC)
+        order: list[tuple[str, Field]] = [
+            ("action", o.side), ("totalQuantity", o.qty), ("orderType", IB_ORDER_TYPE[o.order_type]),
+            ("lmtPrice", o.limit if o.limit is not None else UNSET_DOUBLE), ("auxPrice", 0.0), ("tif", o.tif),
+            ("ocaGroup", ""), ("account", o.account), ("openClose", ""), ("origin", 0), ("orderRef", o.order_ref),
+            ("permId", o.perm_id), ("outsideRth", 0), ("hidden", 0), ("discretionaryAmt", 0.0),
+            ("goodAfterTime", ""), ("faGroup", ""), ("faMethod", ""), ("faPercentage", ""),
+            *([("faProfile", "")] if version < 177 else []),
+            ("modelCode", ""), ("goodTillDate", ""), ("rule80A", ""), ("percentOffset", ""), ("settlingFirm", ""),
+            ("shortSaleSlot", 0), ("designatedLocation", ""), ("exemptCode", -1), ("startingPrice", ""),
+            ("stockRefPrice", ""), ("delta", ""), ("stockRangeLower", ""), ("stockRangeUpper", ""),
+            ("displaySize", 0), ("sweepToFill", 0), ("allOrNone", 0), ("minQty", ""), ("ocaType", 3),
+            ("triggerMethod", 0), ("volatility", ""), ("volatilityType", 0), ("deltaNeutralOrderType", ""),
+            ("deltaNeutralAuxPrice", ""), ("continuousUpdate", 0), ("referencePriceType", 0),
+            ("trailStopPrice", ""), ("trailingPercent", ""), ("comboLegsDescrip", ""), ("comboLegs", 0),
+            ("orderComboLegs", 0), ("smartComboRoutingParams", 0), ("scaleInitLevelSize", ""),
+            ("scaleSubsLevelSize", ""), ("scalePriceIncrement", ""), ("hedgeType", ""), ("clearingAccount", ""),
+            ("clearingIntent", "IB"), ("notHeld", 0), ("deltaNeutralContract", 0), ("algoStrategy", ""),
+            ("solicited", 0), ("status", status), ("randomizeSize", 0), ("randomizePrice", 0), ("conditions", 0),
+            ("trailStopPrice", ""), ("lmtPriceOffset", ""), ("cashQty", UNSET_DOUBLE),
+            ("dontUseAutoPriceForHedge", 0), ("isOmsContainer", 0), ("autoCancelDate", ""),
+            ("filledQuantity", o.filled), ("refFuturesConId", 0), ("autoCancelParent", 0), ("shareholder", ""),
+            ("imbalanceOnly", 0), ("routeMarketableToBbo", 0), ("parentPermId", 0),
+            ("completedTime", ib_time(finished)), ("completedStatus", completed_status),
+            *([("minTradeQty", ""), ("minCompeteSize", ""), ("competeAgainstBestOffset", ""),
+               ("midOffsetAtWhole", ""), ("midOffsetAtHalf", "")] if version >= 170 else []),
+        ]
+        return [Out.COMPLETED_ORDER, *c.fields11("SMART"), *(value for _, value in order)]
+
+    def _sweep_orders(self) -> None:
+        for order in self.book.due_orders(self.fill_latency_s):
+            self._try_fill(order)
 
     def _try_fill(self, order: SimOrder) -> None:
-        if order.status not in ("PreSubmitted", "Submitted") or order.remaining <= 0:
+        executions = self.book.try_fill(order)
+        if not executions:
             return
-        contract = self.catalog.by_id[order.con_id]
-        if contract.sec_type == "STK" and contract.symbol == self.config.symbol:
-            quote: Any = self.model.stock_quote()
-        elif contract.sec_type == "OPT" and contract.symbol == self.config.symbol:
-            quote = self.model.option_quote(contract.right, contract.strike,  # type: ignore[arg-type]
-                                            contract.expiry_date or self.clock().date(), self.clock())
-        else:
-            flat = OTHER_STOCK_PRICES.get(contract.symbol, 100.0)
-            quote = _Flat(flat - 0.01, flat + 0.01)
-        side: Side = "BUY" if order.action == "BUY" else "SELL"
-        price = self.model.fills.fill_price(side, order.remaining, "limit" if order.order_type == "LMT" else "market",
-                                            order.lmt_price, quote)
-        if price is None:
-            return
-        now = self.clock()
-        for piece in self.model.fills.split_fills(order.remaining):
-            self.exec_seq += 1
-            commission = self.model.fills.commission_usd(piece, price)
-            order.avg_fill_price = (order.avg_fill_price * order.filled + price * piece) / (order.filled + piece)
-            order.filled += piece
-            order.last_fill_price = price
-            order.commission += commission
-            execution = SimExecution(
-                exec_id=f"0000f{self.seed:03x}.{int(now.timestamp()):x}.{self.exec_seq:04d}.01",
-                client_id=order.client_id, order_id=order.order_id, perm_id=order.perm_id, con_id=order.con_id,
-                side="BOT" if side == "BUY" else "SLD", shares=float(piece), price=price, time=ib_time(now),
-                cum_qty=order.filled, avg_price=order.avg_fill_price, order_ref=order.order_ref, commission=commission,
-                account=order.account)
-            self.executions.append(execution)
-            holding = self._book(contract, side, piece, price, commission)
+        for execution in executions:
             self._report_execution(execution)
-        order.status = "Filled"
         self._send_order_state(order)
-        self._push_positions(holding)
-        self._save()
+        self._push_positions(order.account, self.book.holding(order.account, order.contract.con_id))
 
     def _report_execution(self, execution: SimExecution) -> None:
         if self.faults.lose_exec_next > 0:
@@ -843,45 +870,34 @@ class TwsServer:
         self._send_execution(execution, -1)
 
     def _send_execution(self, e: SimExecution, req_id: int, session: Session | None = None) -> None:
+        """execDetails and its commissionReport; live ones (reqId -1) only to the client that placed the order."""
         s = session or self._session_of(e.client_id)
         if s is None:
             return
-        c = self.catalog.by_id[e.con_id]
-        s.send([Out.EXECUTION_DATA, req_id, e.order_id, *c.fields11("SMART"), e.exec_id, e.time, e.account,
-                "ISLAND" if c.sec_type == "STK" else "CBOE", e.side, e.shares, e.price, e.perm_id, e.client_id, 0,
-                e.cum_qty, e.avg_price, e.order_ref, "", "", "", 2],
+        c = self._wire(e.contract)
+        s.send([Out.EXECUTION_DATA, req_id, e.order_id, *c.fields11("SMART"), e.exec_id, ib_time(e.ts), e.account,
+                "ISLAND" if c.sec_type == "STK" else "CBOE", IB_SIDE[e.side], e.shares, e.price, e.perm_id,
+                e.client_id, 0, e.cum_qty, e.avg_price, e.order_ref, "", "", "", 2],
                [Out.COMMISSION_REPORT, 1, e.exec_id, round(e.commission, 4), "USD", UNSET_DOUBLE, UNSET_DOUBLE, ""])
 
     def _req_executions(self, s: Session, cur: Cursor) -> None:
+        """The filter as TWS applies it: clientId 0 means every client; empty fields match everything."""
         cur.skip()
         req_id = cur.integer()
-        client_id, account, _since, symbol, sec_type, _exchange, side = (cur.integer(), cur.text(), cur.text(), cur.text(),
-                                                                         cur.text(), cur.text(), cur.text())
-        for e in self.executions:
-            c = self.catalog.by_id[e.con_id]
+        client_id, account, _since, symbol, sec_type, _exchange, side = (cur.integer(), cur.text(), cur.text(),
+                                                                         cur.text(), cur.text(), cur.text(),
+                                                                         cur.text())
+        side = {"BUY": "BOT", "SELL": "SLD"}.get(side.upper(), side.upper())
+        for e in self.book.executions:
             if ((client_id and e.client_id != client_id) or (account and e.account != account)
-                    or (symbol and c.symbol != symbol) or (sec_type and c.sec_type != sec_type)
-                    or (side and {"BUY": "BOT", "SELL": "SLD"}.get(side, side) != e.side)):
+                    or (symbol and e.contract.symbol != symbol.upper())
+                    or (sec_type and e.contract.sec_type != sec_type.upper())
+                    or (side and IB_SIDE[e.side] != side)):
                 continue
             self._send_execution(e, req_id, s)
         s.send([Out.EXECUTION_DATA_END, 1, req_id])
 
-    def _book(self, c: SimContract, side: str, qty: float, price: float, commission: float) -> Holding:
-        holding = self.holdings.get(c.con_id)
-        if holding is None:
-            holding = self.holdings[c.con_id] = Holding(c, 0.0, price)
-        signed = qty if side == "BUY" else -qty
-        holding.qty, holding.avg_price = average_cost_after(holding.qty, holding.avg_price, signed, price)
-        self.cash -= signed * price * c.multiplier + commission
-        return holding
-
-    def _push_positions(self, holding: Holding) -> None:
-        for s in self.sessions:
-            if s.positions_sub:
-                s.send(self._position_msg(holding))
-        self._push_account([holding])
-
-    # ---- faults and inspection ---------------------------------------------------------------------------------
+    # ---- faults, foreign activity and inspection -----------------------------------------------------------------
 
     async def command(self, line: str) -> dict[str, Any]:
         """Run one control command; the reply says what happened. `help` lists them."""
@@ -897,46 +913,113 @@ class TwsServer:
             return not args or args[0].lower() in ("on", "1", "true", "yes")
 
         f = self.faults
-        if name == "help":
-            return {"ok": True, "commands": COMMANDS}
-        if name == "state":
-            return {"ok": True, **self.snapshot()}
-        if name == "drop":
-            n = self.drop_connections()
-            return {"ok": True, "dropped": n}
-        if name == "restart":
-            seconds = number(1.0)
-            await self.restart(seconds)
-            return {"ok": True, "restarted_after_s": seconds}
-        if name == "reject":
-            f.reject_next = int(number(1))
-            if len(args) > 1:
-                f.reject_reason = " ".join(args[1:])
-        elif name == "lose_exec":
-            f.lose_exec_next = int(number(1))
-        elif name == "delay_exec":
-            f.exec_delay_s = number(2.0)
-        elif name == "drop_on_order":
-            f.drop_on_order_next = int(number(1))
-            f.drop_down_s = float(args[1]) if len(args) > 1 else 0.0
-        elif name == "silent":
-            f.silent = on()
-        elif name == "delayed":
-            f.delayed_only = on()
-        elif name == "connectivity":
-            lost = bool(args) and args[0].lower() == "lost"
-            f.link_lost = lost
-            for s in self.sessions:
-                if s.client_id is not None:
-                    s.error(-1, 1100 if lost else 1102, MSG_1100 if lost else MSG_1102)
-        elif name == "fill_latency_ms":
-            self.fill_latency_s = number(150) / 1000.0
-        elif name == "spot":
-            self.model.set_spot(number(self.config.spot0))
-            self.publish_quotes(options=True)
-        else:
-            return {"ok": False, "error": f"unknown command {name!r}", "commands": COMMANDS}
+        try:
+            if name == "help":
+                return {"ok": True, "commands": COMMANDS}
+            if name == "state":
+                return {"ok": True, **self.snapshot()}
+            if name == "drop":
+                n = self.drop_connections()
+                return {"ok": True, "dropped": n}
+            if name == "restart":
+                seconds = number(1.0)
+                await self.restart(seconds)
+                return {"ok": True, "restarted_after_s": seconds}
+            if name in ("foreign_fill", "foreign_order"):
+                return self.foreign_order(args, resting=name == "foreign_order")
+            if name == "correct_exec":
+                return self.correct_execution(args)
+            if name == "reject":
+                f.reject_next = int(number(1))
+                if len(args) > 1:
+                    f.reject_reason = " ".join(args[1:])
+            elif name == "lose_exec":
+                f.lose_exec_next = int(number(1))
+            elif name == "delay_exec":
+                f.exec_delay_s = number(2.0)
+            elif name == "drop_on_order":
+                f.drop_on_order_next = int(number(1))
+                f.drop_down_s = float(args[1]) if len(args) > 1 else 0.0
+            elif name == "partial":
+                f.partial_next = _positive_or_zero("N", number(0.0))
+            elif name == "skew":
+                f.time_skew_s = number(0.0)
+            elif name == "silent":
+                f.silent = on()
+            elif name == "delayed":
+                f.delayed_only = on()
+            elif name == "connectivity":
+                lost = bool(args) and args[0].lower() == "lost"
+                f.link_lost = lost
+                for s in self.sessions:
+                    if s.client_id is not None:
+                        s.error(-1, 1100 if lost else 1102, MSG_1100 if lost else MSG_1102)
+            elif name == "fill_latency_ms":
+                self.fill_latency_s = number(150) / 1000.0
+            elif name == "spot":
+                self.model.set_spot(number(self.config.spot0))
+                self.publish_quotes(options=True)
+            else:
+                return {"ok": False, "error": f"unknown command {name!r}", "commands": COMMANDS}
+        except ValueError as exc:
+            return {"ok": False, "error": f"{name}: {exc}"}
         return {"ok": True, "faults": asdict(f), "fill_latency_ms": self.fill_latency_s * 1000}
+
+    def foreign_order(self, args: Sequence[str], *, resting: bool) -> dict[str, Any]:
+        """Another API client on this login places an order: `SYMBOL SIDE QTY [LIMIT] [ACCOUNT] [ORDER_REF]
+        [CLIENT_ID]` (LIMIT only when `resting`; `-` keeps a default). A market order fills at once; a limit order
+        works like any other. Its openOrder, orderStatus and execDetails go only to that client, as TWS does, so a
+        connected Bifrost sees it through reqAllOpenOrders, reqExecutions, completed orders and positions only."""
+        fixed = 4 if resting else 3
+        if len(args) < fixed:
+            usage = "SYMBOL SIDE QTY LIMIT" if resting else "SYMBOL SIDE QTY"
+            return {"ok": False, "error": f"usage: {usage} [ACCOUNT] [ORDER_REF] [CLIENT_ID]"}
+        symbol, side, qty = args[0].upper(), args[1].upper(), float(args[2])
+        limit = float(args[3]) if resting else None
+        extra = [None if a == "-" else a for a in args[fixed:]] + [None, None, None]
+        account = extra[0] or self.accounts[0]
+        order_ref = extra[1] or ""
+        client_id = int(extra[2]) if extra[2] else FOREIGN_CLIENT_ID
+        if side not in ("BUY", "SELL"):
+            raise ValueError(f"SIDE must be BUY or SELL, got {args[1]!r}")
+        if not (math.isfinite(qty) and qty > 0):
+            raise ValueError(f"QTY must be a number > 0, got {args[2]!r}")
+        if limit is not None and not (math.isfinite(limit) and limit > 0):
+            raise ValueError(f"LIMIT must be a price > 0, got {args[3]!r}")
+        if account not in self.accounts:
+            raise ValueError(f"ACCOUNT {account!r} is not one of {self.accounts}")
+        contract = self.catalog.add(stock(symbol)).core()
+        order = self.book.new_order(client_id=client_id, order_id=self.book.take_order_id(), account=account,
+                                    contract=contract, side="BUY" if side == "BUY" else "SELL", qty=qty,
+                                    order_type="limit" if resting else "market", limit=limit, order_ref=order_ref)
+        self._send_order_state(order, pre=True)
+        executions = self.book.try_fill(order)
+        for execution in executions:
+            self._send_execution(execution, -1)
+        if executions:
+            self._send_order_state(order)
+            self._push_positions(account, self.book.holding(account, contract.con_id))
+        return {"ok": True, "order": self._order_json(order), "executions": [self._execution_json(e)
+                                                                            for e in executions]}
+
+    def correct_execution(self, args: Sequence[str]) -> dict[str, Any]:
+        """`EXEC_ID [SHARES] [PRICE]`: IB's execution correction, reported live to the placing client."""
+        if not args:
+            return {"ok": False, "error": "usage: correct_exec EXEC_ID [SHARES] [PRICE]"}
+        shares = float(args[1]) if len(args) > 1 else None
+        price = float(args[2]) if len(args) > 2 else None
+        try:
+            correction = self.book.correct_execution(args[0], shares, price)
+        except KeyError:
+            return {"ok": False, "error": f"no execution {args[0]!r}"}
+        self._send_execution(correction, -1)
+        if correction.shares != self._replaced(correction).shares:
+            self._push_positions(correction.account,
+                                 self.book.holding(correction.account, correction.contract.con_id))
+        return {"ok": True, "execution": self._execution_json(correction)}
+
+    def _replaced(self, correction: SimExecution) -> SimExecution:
+        return self.book.execution(correction.replaces) or correction
 
     def _background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -953,71 +1036,52 @@ class TwsServer:
         """Like a TWS restart: every connection dropped, nobody can connect for `down_s`, orders and fills kept."""
         await self._close_listener()
         self.drop_connections()
-        self._save()
+        self.book.save()
         await asyncio.sleep(down_s)
         await self._listen()
 
     def snapshot(self) -> dict[str, Any]:
+        """Everything a test or an operator checks at the "exchange": per-account positions and cash, every client's
+        orders and executions, the connected client ids and the faults switched on."""
         return {
-            "port": self.port, "spot": self.model.spot, "cash": self.cash,
+            "port": self.port, "spot": self.model.spot, "accounts": self.accounts,
+            "cash": {a: self.book.cash.get(a, 0.0) for a in self.accounts},
             "clients": sorted(s.client_id for s in self.sessions if s.client_id is not None and not s.closed),
-            "positions": [{"con_id": h.contract.con_id, "symbol": h.contract.symbol, "sec_type": h.contract.sec_type,
-                           "local_symbol": h.contract.local_symbol, "qty": h.qty, "avg_price": h.avg_price}
-                          for h in self.holdings.values()],
-            "orders": [asdict(o) for o in self.orders.values()],
-            "executions": [asdict(e) for e in self.executions],
+            "positions": [{"account": a, "con_id": h.contract.con_id, "symbol": h.contract.symbol,
+                           "sec_type": h.contract.sec_type, "local_symbol": h.contract.local_symbol, "qty": h.qty,
+                           "avg_price": h.avg_price} for a, h in self.book.positions()],
+            "orders": [self._order_json(o) for o in self.book.orders.values()],
+            "executions": [self._execution_json(e) for e in self.book.executions],
             "faults": asdict(self.faults),
         }
 
-    # ---- persistence: a restarted simulator keeps its account, orders and executions ---------------------------------
+    @staticmethod
+    def _order_json(o: SimOrder) -> dict[str, Any]:
+        return {"client_id": o.client_id, "order_id": o.order_id, "perm_id": o.perm_id, "account": o.account,
+                "con_id": o.contract.con_id, "symbol": o.contract.symbol, "sec_type": o.contract.sec_type,
+                "action": o.side, "qty": o.qty, "order_type": IB_ORDER_TYPE[o.order_type], "lmt_price": o.limit,
+                "tif": o.tif, "order_ref": o.order_ref, "status": IB_STATUS[o.status], "filled": o.filled,
+                "remaining": o.remaining, "avg_fill_price": o.avg_fill_price, "commission": o.commission,
+                "received_at": o.received_at, "done_at": o.done_at, "reason": o.reason}
 
-    def _load_or_seed(self) -> None:
-        if self.state_path is not None and self.state_path.exists():
-            state = json.loads(self.state_path.read_text())
-            self.cash = state["cash"]
-            self.model.set_spot(state["spot"])
-            self.next_order_id, self.next_perm_id, self.exec_seq = (state["next_order_id"], state["next_perm_id"],
-                                                                    state["exec_seq"])
-            for h in state["holdings"]:
-                c = self.catalog.add(SimContract(**h["contract"]))
-                self.holdings[c.con_id] = Holding(c, h["qty"], h["avg_price"])
-            for o in state["orders"]:
-                order = SimOrder(**o)
-                self.orders[(order.client_id, order.order_id)] = order
-            self.executions = [SimExecution(**e) for e in state["executions"]]
-            return
-        for p in seed_account(self.config, self.clock()):
-            if p.sec_type == "OPT":
-                assert p.right is not None and p.strike is not None and p.expiry is not None
-                c = self.catalog.add(option(p.symbol, p.right, p.strike, p.expiry))
-            else:
-                c = self.catalog.add(stock(p.symbol))
-            self.holdings[c.con_id] = Holding(c, p.qty, p.avg_cost)
-            self.cash -= p.qty * p.multiplier * p.avg_cost
-        self._save()
-
-    def _save(self) -> None:
-        if self.state_path is None:
-            return
-        state = {"cash": self.cash, "spot": self.model.spot, "next_order_id": self.next_order_id,
-                 "next_perm_id": self.next_perm_id, "exec_seq": self.exec_seq,
-                 "holdings": [{"contract": asdict(h.contract), "qty": h.qty, "avg_price": h.avg_price}
-                              for h in self.holdings.values()],
-                 "orders": [asdict(o) for o in self.orders.values()],
-                 "executions": [asdict(e) for e in self.executions[-5000:]]}
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.state_path)
+    @staticmethod
+    def _execution_json(e: SimExecution) -> dict[str, Any]:
+        return {"exec_id": e.exec_id, "client_id": e.client_id, "order_id": e.order_id, "perm_id": e.perm_id,
+                "account": e.account, "con_id": e.contract.con_id, "symbol": e.contract.symbol,
+                "sec_type": e.contract.sec_type, "side": IB_SIDE[e.side], "shares": e.shares, "price": e.price,
+                "time": ib_time(e.ts), "cum_qty": e.cum_qty, "avg_price": e.avg_price, "order_ref": e.order_ref,
+                "commission": e.commission, "replaces": e.replaces}
 
 
-@dataclass(frozen=True)
-class _Flat:
-    bid: float
-    ask: float
+def _positive_or_zero(name: str, value: float) -> float:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return value
 
 
 COMMANDS = {
-    "state": "JSON snapshot: positions, orders, executions, connected client ids, faults",
+    "state": "JSON snapshot: accounts, per-account positions and cash, every client's orders (client_id, account, "
+             "order_ref, status, filled, received_at ...), executions, connected client ids, faults",
     "drop": "close every client connection now (clients reconnect)",
     "restart SECONDS": "drop every connection and refuse new ones for SECONDS; orders and fills are kept",
     "reject N [REASON]": "reject the next N orders with error 201",
@@ -1025,6 +1089,16 @@ COMMANDS = {
     "delay_exec SECONDS": "report executions SECONDS after the fill (0: at once)",
     "drop_on_order N [DOWN_S]": "the next N orders are accepted and worked, but their sender is disconnected at "
                                 "once (and new connections refused for DOWN_S)",
+    "partial N": "the next order fills only N shares and then rests open (a later cancel leaves a partial fill); "
+                 "combines with lose_exec",
+    "foreign_fill SYMBOL SIDE QTY [ACCOUNT] [ORDER_REF] [CLIENT_ID]": "another API client (default 99) on this login "
+        "places a market order that fills at once (default: first account, no orderRef; '-' keeps a default); only "
+        "that client hears it live, others see it via reqExecutions, completed orders and positions",
+    "foreign_order SYMBOL SIDE QTY LIMIT [ACCOUNT] [ORDER_REF] [CLIENT_ID]": "another API client's limit order, "
+        "working (visible in reqAllOpenOrders) until it is marketable",
+    "correct_exec EXEC_ID [SHARES] [PRICE]": "an execution correction as IB sends it: a new execution with the same "
+        "prefix and the next suffix (.02) replacing EXEC_ID, reported live to the placing client and by reqExecutions",
+    "skew SECONDS": "reqCurrentTime answers with the server's time shifted by SECONDS (0: off)",
     "silent on|off": "stop / resume all market data",
     "delayed on|off": "no real-time entitlement: type 1 requests get 10089, delayed (type 3) requests delayed ticks",
     "connectivity lost|restored": "send 1100 (and stop data) / 1102 to every client",

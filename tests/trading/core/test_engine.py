@@ -12,9 +12,10 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from trading.core.calendar import AlwaysOpenCalendar
-from trading.core.engine import Engine
+from trading.core.engine import Engine, EngineSeed
 from trading.core.events import (
     Action,
+    BrokerOrder,
     BrokerPosition,
     BrokerStatus,
     CancelOrder,
@@ -125,6 +126,10 @@ def placed(actions: Iterable[Action]) -> list[PlaceOrder]:
     return [a for a in actions if isinstance(a, PlaceOrder)]
 
 
+def _at_broker(order: PlaceOrder, status: str, filled: float = 0.0) -> BrokerOrder:
+    return BrokerOrder(order.order_ref, order.side, order.qty, filled, status)
+
+
 def records(actions: Iterable[Action], kind: str) -> list[dict[str, object]]:
     return [a.data for a in actions if isinstance(a, Record) and a.kind == kind]
 
@@ -149,7 +154,7 @@ def started(start: datetime = T0, auto_fill: bool = False, account: tuple[Broker
     h = new_harness(start, auto_fill, **params)
     h.send(BrokerStatus(True, h.now))
     h.send(PositionsSynced(account, h.now))
-    h.send(Reconciled((), (), h.now))
+    h.send(Reconciled((), h.now))
     h.quote(SPOT, after_s=0.0)
     assert h.engine.state == TradingState.MONITOR
     return h
@@ -250,7 +255,7 @@ def test_starts_in_sync_and_reaches_monitor_whatever_arrives_first(order: tuple[
     h.send(BrokerStatus(True, h.now))
     events = {
         "positions": lambda: PositionsSynced(ACCOUNT, h.now),
-        "reconciled": lambda: Reconciled((), (), h.now),
+        "reconciled": lambda: Reconciled((), h.now),
         "quote": lambda: Quote("NVDA", SPOT - 0.01, SPOT + 0.01, SPOT, h.now),
     }
 
@@ -280,7 +285,7 @@ def test_a_start_before_the_broker_connects_recovers_from_safe_by_itself() -> No
     h.quote(SPOT)
 
     h.send(BrokerStatus(True, h.now))
-    h.send(Reconciled((), (), h.now))
+    h.send(Reconciled((), h.now))
     for _ in range(5):
         h.quote(SPOT, after_s=1.0)
 
@@ -411,6 +416,86 @@ def test_the_operator_selling_managed_contracts_does_not_jolt_the_daily_pnl() ->
     assert h.engine.pnl.realized_usd == pytest.approx(5 * 100 * (h.engine.pnl.holdings["101"].mark - 4.0))
 
 
+def _restarted(seed: EngineSeed, start: datetime = T0, **params: object) -> Harness:
+    clock = FakeClock(start)
+    engine = Engine(StrategyParams(trading_hours_only=False, **params), PREFIX, AlwaysOpenCalendar(), clock.now, seed)
+    return Harness(engine, clock)
+
+
+def test_a_restart_never_halts_on_the_hedges_lifetime_pnl() -> None:
+    seed = EngineSeed(hedge_shares=-100.0, hedge_avg_cost=180.0, hedge_realized_usd=-3200.0, commissions_usd=1900.0)
+    h = _restarted(seed)
+
+    h.send(BrokerStatus(True, h.now))  # before any quote: the day's baseline is not known yet
+    before_a_quote = h.engine.self_check("running")
+    h.send(PositionsSynced(ACCOUNT, h.now))
+    h.send(Reconciled((), h.now))
+    h.quote(SPOT, after_s=0.0)
+
+    assert [a for a in h.actions if isinstance(a, Halt)] == []
+    assert not h.engine.halt_reason
+    assert h.engine.daily_pnl_usd == pytest.approx(0.0)
+    assert not {c.reason for c in before_a_quote.checks} & {"risk_halt", "near_loss_limit"}
+
+
+def test_yesterdays_loss_is_not_counted_again_after_a_restart_past_midnight() -> None:
+    evening = datetime(2026, 3, 10, 21, 30, tzinfo=UTC) + timedelta(hours=4)  # 21:30 ET on the 10th ...
+    seed = EngineSeed(daily_pnl_usd=-4000.0, daily_pnl_date=date(2026, 3, 10))
+    h = _restarted(seed, start=evening + timedelta(hours=12), max_daily_loss_usd=5000.0)  # ... restarted the 11th
+
+    h.send(BrokerStatus(True, h.now))
+    h.send(PositionsSynced(ACCOUNT, h.now))
+    h.send(Reconciled((), h.now))
+    h.quote(SPOT, after_s=0.0)
+
+    assert h.engine.daily_pnl_usd == pytest.approx(0.0)
+
+
+def test_todays_loss_made_before_a_restart_still_counts() -> None:
+    seed = EngineSeed(daily_pnl_usd=-4000.0, daily_pnl_date=date(2026, 3, 10))
+    h = _restarted(seed)
+
+    h.send(BrokerStatus(True, h.now))
+    h.send(PositionsSynced(ACCOUNT, h.now))
+    h.send(Reconciled((), h.now))
+    h.quote(SPOT, after_s=0.0)
+
+    assert h.engine.daily_pnl_usd == pytest.approx(-4000.0)
+
+
+def test_no_hedge_leaves_a_moment_after_the_close() -> None:
+    from trading.core.calendar import TradingCalendar
+
+    before_close = datetime(2026, 3, 10, 19, 59, 59, 600_000, tzinfo=UTC)  # 15:59:59.6 in New York
+    clock = FakeClock(before_close)
+    h = Harness(Engine(StrategyParams(), PREFIX, TradingCalendar("XNYS"), clock.now), clock)
+    h.send(BrokerStatus(True, h.now))
+    h.send(PositionsSynced(ACCOUNT, h.now))
+    h.send(Reconciled((), h.now))
+    h.quote(SPOT, after_s=0.0)  # in band: nothing to do, but the calendar was asked at 15:59:59.6
+
+    after_close = h.quote(SPOT + 3.0, after_s=0.8)  # 16:00:00.4, delta far out of band
+
+    assert placed(after_close) == []
+    assert "outside_trading_hours" in records(after_close, "decision")[0]["reasons"]
+
+
+def test_hedge_shares_are_marked_even_with_no_managed_legs() -> None:
+    seed = EngineSeed(hedge_shares=-800.0, hedge_avg_cost=180.0)
+    h = _restarted(seed, max_daily_loss_usd=5000.0)
+    h.send(BrokerStatus(True, h.now))
+    h.send(PositionsSynced((BrokerPosition(SHARES, MANUAL_SHARES - 800.0, 170.0),), h.now))
+    h.send(Reconciled((), h.now))
+    h.quote(180.0, after_s=0.0)
+
+    moved = h.quote(192.0, after_s=1.0)
+
+    assert not h.engine.book.legs
+    assert h.engine.pnl.unrealized_usd == pytest.approx(-800.0 * 12.0, abs=10.0)
+    assert h.engine.daily_pnl_usd == pytest.approx(-9600.0, abs=10.0)
+    assert [a for a in moved if isinstance(a, Halt)]  # and the breaker sees it
+
+
 def test_a_big_enough_daily_loss_halts_and_only_reset_halt_leaves_halted() -> None:
     h, _ = hedged(max_daily_loss_usd=2000.0)
     h.option_quote(CALL, 7.30)
@@ -528,6 +613,55 @@ def test_a_rejected_flatten_order_is_not_retried() -> None:
     assert len(operations(rejected, "flatten_failed")) == 1
 
 
+def test_a_flatten_order_works_past_the_working_timeout_and_the_flatten_fails_at_its_own_timeout() -> None:
+    h, _ = hedged()
+    [flatten] = placed(h.control("flatten"))
+    h.ack(flatten)
+
+    at_working_timeout = h.timer(after_s=h.engine.params.working_timeout_s + 1.0)
+    at_flatten_timeout = h.timer(after_s=h.engine.params.flatten_timeout_s)
+    afterwards = [a for _ in range(5) for a in h.quote(SPOT + 3.0, after_s=61.0) + h.timer(after_s=1.0)]
+
+    assert [a for a in at_working_timeout if isinstance(a, CancelOrder | PlaceOrder)] == []  # never resent
+    assert CancelOrder(flatten.order_ref) in at_flatten_timeout
+    assert h.engine.flatten_outcome is not None and h.engine.flatten_outcome[0] == "failed"
+    assert "within 120 s" in h.engine.flatten_outcome[1]
+    assert placed(afterwards) == [] and h.engine.paused
+
+
+def test_flatten_refuses_when_the_ledger_holds_fills_the_broker_does_not_call_ours() -> None:
+    h, order = hedged()  # our ledger: one fill of -70 shares, exec.1 (the harness's id)
+    foreign = Fill("bifrost:zzzz:1", "0000f001.foreign.0001.01", "BUY", 500, SPOT, 1.0, h.now)
+    h.send(foreign)  # booked as ours by some path that went wrong
+
+    found = h.send(Reconciled((), h.now + timedelta(seconds=1), exec_ids=frozenset({"exec.1"}), execs_since=T0),
+                   after_s=1.0)
+    actions = h.control("flatten")
+
+    assert "reconcile_mismatch" in [o["kind"] for o in records(found, "operation")]
+    assert not h.engine.reconciled and "not_reconciled" in h.engine.self_check("running").block_reasons
+    assert placed(actions) == []
+    assert h.engine.flatten_outcome is not None and h.engine.flatten_outcome[0] == "failed"
+    assert "ledger mismatch" in h.engine.flatten_outcome[1] and h.engine.paused
+
+
+def test_a_corrected_execution_replaces_the_original_instead_of_adding_to_it() -> None:
+    h = started()
+    [order] = placed(h.quote(SPOT))
+    h.fill(order, exec_id="0000f007.65a1b2c3.0001.01", price=180.00)
+    booked = h.engine.book.hedge_shares
+
+    corrected = h.fill(order, exec_id="0000f007.65a1b2c3.0001.02", price=180.05)
+    stale = h.fill(order, exec_id="0000f007.65a1b2c3.0001.01", price=180.00)  # the original, reported again
+
+    assert h.engine.book.hedge_shares == booked == -order.qty
+    assert records(corrected, "fill")[0]["replaces"] == "0000f007.65a1b2c3.0001.01"
+    assert len(operations(corrected, "fill_corrected")) == 1
+    assert records(stale, "fill") == []
+    assert h.engine.last_hedge_price == 180.05
+    assert h.engine.pnl.holding("hedge").avg_cost == pytest.approx(180.05)
+
+
 def test_flatten_with_no_hedge_shares_sends_nothing() -> None:
     h = started()
 
@@ -570,7 +704,7 @@ def test_an_ack_timeout_makes_the_order_unknown_and_nothing_is_resent_while_it_i
     state_after_timeout = h.engine.orders[order.order_ref].state
     meanwhile = [a for spot in (183.0, 186.0, 190.0, 200.0) for a in h.quote(spot, after_s=61.0)]
     in_flight, execution = h.engine.gate_state(h.now).order_in_flight, h.engine.classification.execution
-    resolved = h.send(Reconciled((order.order_ref,), (), h.now))
+    resolved = h.send(Reconciled((_at_broker(order, "working"),), h.now))
 
     assert state_after_timeout == OrderState.UNKNOWN
     assert placed(meanwhile) == []
@@ -579,7 +713,7 @@ def test_an_ack_timeout_makes_the_order_unknown_and_nothing_is_resent_while_it_i
     assert records(resolved, "order")[0]["state"] == "working"
 
 
-def test_a_disconnect_makes_working_orders_unknown_until_reconciled() -> None:
+def test_a_disconnect_makes_working_orders_unknown_until_the_broker_says_they_are_open() -> None:
     h = started()
     order = placed(h.quote(SPOT))[0]
     h.ack(order)
@@ -587,14 +721,63 @@ def test_a_disconnect_makes_working_orders_unknown_until_reconciled() -> None:
     h.send(BrokerStatus(False, h.now))
     unknown = h.engine.orders[order.order_ref].state
     h.send(BrokerStatus(True, h.now, ), after_s=2.0)
-    h.send(Reconciled((), (), h.now))
-    still_unresolved = h.engine.reconciled
-    h.send(Reconciled((order.order_ref,), (), h.now))
+    h.send(Reconciled((_at_broker(order, "working"),), h.now))
 
     assert unknown == OrderState.UNKNOWN
-    assert not still_unresolved
     assert h.engine.reconciled
     assert h.engine.orders[order.order_ref].state == OrderState.WORKING
+
+
+def test_an_order_the_broker_reports_filled_stays_unknown_and_blocks_until_its_executions_arrive() -> None:
+    h = started()
+    order = placed(h.quote(SPOT))[0]
+    h.send(BrokerStatus(False, h.now))
+    h.send(BrokerStatus(True, h.now), after_s=2.0)
+
+    h.send(Reconciled((_at_broker(order, "filled", filled=order.qty),), h.now))
+    before_executions = (h.engine.reconciled, h.engine.orders[order.order_ref].state)
+    h.send(Fill(order.order_ref, "e1", order.side, order.qty, SPOT, 1.0, h.now))
+    h.send(Reconciled((_at_broker(order, "filled", filled=order.qty),), h.now))
+
+    assert before_executions == (False, OrderState.UNKNOWN)
+    assert h.engine.reconciled
+    assert h.engine.orders[order.order_ref].state == OrderState.FILLED
+
+
+def test_an_order_the_broker_never_mentions_cannot_fill_and_is_cancelled_at_reconcile() -> None:
+    h = started()
+    order = placed(h.quote(SPOT))[0]
+    h.send(BrokerStatus(False, h.now))
+    h.send(BrokerStatus(True, h.now), after_s=2.0)
+
+    h.send(Reconciled((), h.now))
+
+    assert h.engine.reconciled
+    assert h.engine.orders[order.order_ref].state == OrderState.CANCELLED
+
+
+def test_an_open_order_of_ours_the_engine_never_knew_is_adopted_and_blocks_new_hedges() -> None:
+    h = started()
+    foreign = PlaceOrder("bifrost:dead0000:7", "NVDA", "SELL", 300, "market", None)
+
+    adopted = h.send(Reconciled((_at_broker(foreign, "partial", filled=100),), h.now))
+    meanwhile = [a for spot in (185.0, 190.0) for a in h.quote(spot, after_s=61.0)]
+
+    assert h.engine.orders[foreign.order_ref].state == OrderState.PARTIAL
+    assert records(adopted, "order")[0]["side"] == "SELL"
+    assert "order_adopted" in [o["kind"] for o in records(adopted, "operation")]
+    assert placed(meanwhile) == []
+    assert h.engine.gate_state(h.now).order_in_flight
+
+
+def test_a_periodic_reconcile_leaves_an_order_placed_while_asking_alone() -> None:
+    h = started()
+    asked_at = h.now
+    order = placed(h.quote(SPOT, after_s=0.1))[0]
+
+    h.send(Reconciled((), h.now, asked_at=asked_at))
+
+    assert h.engine.orders[order.order_ref].state == OrderState.SENT
 
 
 def test_after_a_reconnect_not_reconciled_blocks_until_reconciled() -> None:
@@ -603,11 +786,32 @@ def test_after_a_reconnect_not_reconciled_blocks_until_reconciled() -> None:
     h.send(BrokerStatus(True, h.now), after_s=1.0)
 
     blocked = [a for spot in (182.0, 182.1, 182.2, 182.3, 182.4) for a in h.quote(spot, after_s=15.0)]
-    allowed = h.send(Reconciled((), (), h.now))
+    allowed = h.send(Reconciled((), h.now))
 
     assert placed(blocked) == []
     assert ["not_reconciled"] in [d["reasons"] for d in records(blocked, "decision")]
     assert len(placed(allowed)) == 1
+
+
+def test_memory_stays_bounded_over_months_of_hedging() -> None:
+    h = started(auto_fill=True, max_daily_hedges=10_000, cooldown_s=0, min_price_move_bps=0)
+    h.actions = _Discard()  # the harness's own log would be the only thing growing
+    sizes = []
+
+    for _day in range(25):  # 400 hedges a day for 25 days: 10,000 hedges, well past the 7-day execution memory
+        for i in range(400):
+            h.quote(SPOT + (3.0 if i % 2 else -3.0), after_s=1.0)
+        sizes.append((len(h.engine.orders), len(h.engine._live), len(h.engine.fills)))
+        h.quote(SPOT, after_s=86_400.0 - 400.0)  # the next morning
+
+    assert h.engine.seq > 10_000  # every quote hedged
+    assert sizes[-1] == sizes[9]  # after 10,000 hedges the same as after 4,000: nothing grows with time
+    assert sizes[-1][0] <= 100 + 1 and sizes[-1][2] <= 8 * 401  # 100 finished orders; 7 days and today of fills
+
+
+class _Discard(list):
+    def extend(self, items: Iterable[Action]) -> None:
+        pass
 
 
 def test_a_duplicate_fill_is_ignored() -> None:

@@ -96,12 +96,21 @@ def test_the_verdict_is_the_worst_check() -> None:
 def test_warnings_short_of_a_block_are_all_reported_together() -> None:
     gate = _gate(quote_age_ms=1500.0, spread_bps=10.0)
 
-    check = _check(gate, daily_hedges=40, daily_pnl_usd=-4000.0, iv_fallback_legs=2, unknown_orders=1)
+    check = _check(gate, daily_hedges=40, daily_pnl_usd=-4000.0, iv_fallback_legs=2,
+                   oldest_working_order_s=PARAMS.working_timeout_s)
 
     warnings = {c.reason for c in check.checks if c.status == "degraded"}
     assert warnings == {"data_lag", "iv_fallback", "near_loss_limit", "near_hedge_limit", "spread_wide", "order_stuck"}
     assert check.verdict == "degraded"
     assert check.block_reasons == ()
+
+
+def test_an_order_of_unknown_outcome_is_red_because_no_hedge_leaves_while_it_is() -> None:
+    check = _check(unknown_orders=1)
+
+    assert [(c.status, c.reason) for c in check.checks if c.name == "orders"] == [("blocked", "order_stuck")]
+    assert check.verdict == "blocked"
+    assert "order_stuck" in check.block_reasons
 
 
 def test_an_order_working_past_the_working_timeout_is_stuck() -> None:

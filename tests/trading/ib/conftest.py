@@ -61,6 +61,17 @@ def tws() -> Iterator[ServerThread]:
     server.stop()
 
 
+TWO_ACCOUNTS = ("DU1111111", "DU2222222")
+
+
+@pytest.fixture
+def tws_two_accounts() -> Iterator[ServerThread]:
+    """A login managing two accounts: the first with the seeded book, the second with cash and some NVDA shares."""
+    server = ServerThread(tick_s=0.05, speed=50.0, accounts=TWO_ACCOUNTS).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def ib_lib() -> ModuleType:
     return importlib.import_module(settings.BIFROST_IB_CLIENT)

@@ -164,23 +164,37 @@ def test_limit_order_rests_shows_as_open_and_cancels(tws):
     assert not events.of(Fill)
 
 
-def test_client_id_in_use_moves_to_the_next_id(tws):
+def test_client_id_in_use_is_refused_at_once_never_swapped_for_another_id(tws):
     async def scenario():
         holder, _ = _broker(tws, client_id=3)
         await holder.connect()
         broker, events = _broker(tws, client_id=3)
         try:
             started = asyncio.get_running_loop().time()
-            await broker.connect()
-            return broker.client_id, asyncio.get_running_loop().time() - started, tws.state()["clients"]
+            with pytest.raises(BrokerError) as refused:
+                await broker.connect()
+            return refused.value, broker.client_id, asyncio.get_running_loop().time() - started, tws.state()["clients"]
         finally:
             await broker.disconnect()
             await holder.disconnect()
 
-    client_id, elapsed_s, clients = run(scenario())
+    refused, client_id, elapsed_s, clients = run(scenario())
 
-    assert client_id == 4 and clients == [3, 4]
+    assert "client id 3 is in use" in str(refused) and "326" in str(refused)
+    assert client_id == 3 and clients == [3]  # still ours to retry; never became client 4
     assert elapsed_s < 2.0  # on the 326 itself, not after the connect timeout
+
+
+def test_several_managed_accounts_without_ib_account_is_a_configuration_error(tws_two_accounts):
+    async def scenario():
+        broker, _ = _broker(tws_two_accounts)
+        with pytest.raises(ConfigError) as refused:
+            await broker.connect()
+        return refused.value
+
+    refused = run(scenario())
+
+    assert refused.field == "IB_ACCOUNT" and "several accounts" in str(refused)
 
 
 def test_dropped_connection_reports_disconnected_and_reconnects_with_state_recovered(tws):

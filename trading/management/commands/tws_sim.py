@@ -1,6 +1,7 @@
 """`manage.py tws_sim`: the TWS-protocol simulator on 127.0.0.1, or (`--send`) a fault command to a running one."""
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -12,7 +13,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from trading.sim.market import MarketConfig
-from trading.sim.tws_server import COMMANDS, ControlServer, TwsServer, send_command
+from trading.sim.tws_server import ACCOUNT, COMMANDS, ControlServer, TwsServer, send_command
 
 log = logging.getLogger("trading.sim")
 
@@ -27,7 +28,8 @@ SCENARIOS: dict[str, MarketConfig] = {
 
 class Command(BaseCommand):
     help = ("Run the TWS-protocol simulator (IB socket protocol, server version 176) backed by the simulated "
-            "market, with a seeded paper account. Fault commands: " + "; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))
+            "market, with seeded paper accounts. Fault and foreign-activity commands: "
+            + "; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--port", type=int, default=7497, help="API port (7497 = TWS paper)")
@@ -37,8 +39,12 @@ class Command(BaseCommand):
                             help="the price process runs this many times faster than the wall clock")
         parser.add_argument("--tick-s", type=float, default=0.25, help="seconds between market data updates")
         parser.add_argument("--fill-latency-ms", type=int, default=None)
+        parser.add_argument("--accounts", type=_accounts, default=[ACCOUNT], metavar="A,B",
+                            help=f"the login's managed accounts, comma-separated (default {ACCOUNT}); the first holds "
+                                 "the seeded straddle and manual positions, the others cash and some shares")
         parser.add_argument("--state", type=Path, default=None,
-                            help="JSON file keeping the account, orders and executions across restarts")
+                            help="JSON file (and <file>.journal beside it) keeping the accounts, orders and executions "
+                                 "across restarts")
         parser.add_argument("--control-port", type=int, default=None,
                             help="also listen on this port for fault commands (one per line, JSON reply)")
         parser.add_argument("--fault", action="append", default=[], metavar="COMMAND",
@@ -61,7 +67,7 @@ class Command(BaseCommand):
 
     async def _serve(self, config: MarketConfig, options: dict[str, Any]) -> None:
         server = TwsServer(config, seed=options["seed"], port=options["port"], speed=options["speed"],
-                           tick_s=options["tick_s"], state_path=options["state"])
+                           tick_s=options["tick_s"], state_path=options["state"], accounts=options["accounts"])
         for fault in options["fault"]:
             reply = await server.command(fault)
             if not reply.get("ok"):
@@ -73,7 +79,8 @@ class Command(BaseCommand):
             control = ControlServer(server, options["control_port"])
             await control.start()
         self.stdout.write(f"tws_sim: serving the IB API on 127.0.0.1:{server.port} (scenario {options['scenario']}, "
-                          f"seed {options['seed']})" + (f", control port {control.port}" if control else ""))
+                          f"seed {options['seed']}, accounts {','.join(server.accounts)})"
+                          + (f", control port {control.port}" if control else ""))
         self.stdout.flush()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -83,3 +90,11 @@ class Command(BaseCommand):
         if control is not None:
             await control.stop()
         await server.stop()
+
+
+def _accounts(text: str) -> list[str]:
+    """`A,B` -> ["A", "B"]: distinct, non-empty account ids."""
+    accounts = [a.strip() for a in text.split(",")]
+    if not all(accounts) or len(set(accounts)) != len(accounts):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated account ids, got {text!r}")
+    return accounts
