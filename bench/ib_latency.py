@@ -101,15 +101,20 @@ async def trade(port: int, lib: str, journal_dir: Path | None) -> None:
     tasks: set[asyncio.Task[Any]] = set()
     journal = Journal(journal_dir / "journal-bench.jsonl") if journal_dir is not None else None
 
+    async def place_then_sync(order: PlaceOrder) -> None:  # Daemon._place
+        await broker.place_order(order)
+        if journal is not None:  # the intent goes to the disk once the order's bytes have left
+            await loop.run_in_executor(None, journal.sync)
+
     def on_event(event: Event) -> None:  # Daemon.on_broker_event → _dispatch → _execute
         for action in engine.on_event(event, datetime.now(UTC)):
             if isinstance(action, PlaceOrder):
-                if journal is not None:  # Daemon._why_not_send: the intent is on the disk before the order leaves
+                if journal is not None:  # Daemon._why_not_send: the intent is written before the order leaves
                     journal.append_intent({"order_ref": action.order_ref, "intent": action.intent,
                                            "symbol": action.symbol, "side": action.side, "qty": action.qty,
                                            "order_type": action.type, "limit_price": action.limit,
                                            "account": broker.account, "ts": datetime.now(UTC).isoformat()})
-                task = loop.create_task(broker.place_order(action))
+                task = loop.create_task(place_then_sync(action))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
 

@@ -55,6 +55,29 @@ class DaemonProcess:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
+    def freeze(self) -> None:
+        """SIGSTOP, between two of its database writes. On SQLite a process frozen inside a write transaction holds
+        the database's one write lock, and nobody (a successor included) can write until it resumes: that is
+        SQLite's nature, not the lease's, so the drill freezes it outside one (PostgreSQL has no such lock)."""
+        import sqlite3
+
+        assert self.proc is not None
+        for _ in range(200):
+            self.proc.send_signal(signal.SIGSTOP)
+            if connection.vendor != "sqlite":
+                return
+            probe = sqlite3.connect(connection.settings_dict["NAME"], timeout=0)
+            try:
+                probe.execute("BEGIN IMMEDIATE")
+                probe.rollback()
+                return
+            except sqlite3.OperationalError:
+                self.proc.send_signal(signal.SIGCONT)
+                time.sleep(0.01)
+            finally:
+                probe.close()
+        raise AssertionError("could not freeze the daemon between two database writes")
+
     def wait(self, timeout_s: float = 10.0) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout=timeout_s)

@@ -342,7 +342,7 @@ def test_a_frozen_daemon_resumed_after_a_takeover_sends_nothing_and_exits_4(ib_d
     _first_hedge()
     first_token = _status()["daemon"]["lease"]
 
-    first.signal(signal.SIGSTOP)  # frozen: its lease goes stale by the database's clock
+    first.freeze()  # its lease goes stale by the database's clock
     wait_until(lambda: not lease_is_fresh(lease_get()), 10, "the frozen daemon's lease to go stale")
     second = ib_daemon(IB_CLIENT_ID="2")
     second_token = wait_until(lambda: (lease := lease_get()) and lease.token != first_token and lease.token, 20,

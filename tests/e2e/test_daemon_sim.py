@@ -322,7 +322,7 @@ def test_a_frozen_daemon_loses_its_lease_and_exits_4_without_a_single_order(daem
     wait_until(lambda: Fill.objects.exists(), 30, "a first hedge")
     first_token = _status()["daemon"]["lease"]
 
-    first.signal(signal.SIGSTOP)
+    first.freeze()
     wait_until(lambda: not lease_is_fresh(lease_get()), 10, "the frozen daemon's lease to go stale")
     second = daemon_factory(**FAST)
     wait_until(lambda: lease_get().token != first_token, 20, "the takeover")

@@ -71,8 +71,14 @@ class Journal:
             os.fdatasync(self.fd)
 
     def append_intent(self, order: dict[str, Any]) -> None:
-        """Make an order durable before it leaves: one appended line, synced to the disk. Raises OSError."""
-        self.append([encode(0, INTENT, order)], sync=True)
+        """Make an order durable before it leaves: one appended line. Raises OSError (disk full, EIO).
+
+        Once written it outlives the process whatever kills it; `sync()` (run off the trading path, while the
+        order travels) then puts it on the disk against a host crash too."""
+        self.append([encode(0, INTENT, order)])
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size

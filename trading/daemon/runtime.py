@@ -263,7 +263,7 @@ class Daemon:
                 "lease_unconfirmed: lease not confirmed within the last heartbeat")
         assert self.sink is not None
         try:
-            self.sink.journal_intent({
+            self.sink.journal.append_intent({
                 "order_ref": order.order_ref, "intent": order.intent, "symbol": order.symbol, "side": order.side,
                 "qty": order.qty, "order_type": order.type, "limit_price": order.limit,
                 "account": self.broker.account, "ts": self.clock().isoformat()})
@@ -279,6 +279,15 @@ class Daemon:
         except (BrokerError, OSError, ConnectionError) as exc:
             # Refused before it left us (not connected): a definite outcome, not an unknown one.
             self._dispatch(OrderUpdate(order.order_ref, "rejected", 0.0, None, self.clock(), f"not sent: {exc}"))
+            return
+        # The intent was written before the order left (it outlives any death of this process); once the order's
+        # bytes are out it goes to the disk too, against a host crash, without slowing the order itself.
+        assert self.sink is not None
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.sink.journal.sync)
+        except OSError as exc:
+            self._journal_error = f"journal {self.sink.journal_path} cannot be synced: {exc}"
+            log.critical("%s: order flow stopped", self._journal_error)
 
     async def _cancel(self, cancel: CancelOrder) -> None:
         try:

@@ -68,11 +68,6 @@ class Sink:
         """Queue a record. Never waits: the trading path must not depend on the database."""
         self.queue.put_nowait((next(self._seq), kind, data))
 
-    def journal_intent(self, data: dict[str, Any]) -> None:
-        """Make an order durable before it leaves: an appended, synced journal line. Raises OSError when the journal
-        cannot be written; the caller must then not send the order."""
-        self.journal.append_intent(data)
-
     # ---- the writer task ---------------------------------------------------------------------------------------
 
     async def run(self) -> None:

@@ -121,7 +121,7 @@ def test_an_intent_that_cannot_be_written_raises_so_the_order_is_not_sent(tmp_pa
 
     try:
         with pytest.raises(OSError) as full:
-            sink.journal_intent(_order("bifrost:t0000001:1"))
+            sink.journal.append_intent(_order("bifrost:t0000001:1"))
     finally:
         os.close(sink.journal.fd)
         sink.journal.fd = own_fd
