@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,12 @@ from tests.e2e.conftest import REPO, wait_until
 from trading.models import ControlCommand, ControlState, Fill, ManagedLeg, Operation, Order, Position, StatusCurrent
 from trading.selectors import lease_get, lease_is_fresh
 from trading.services import control_command_create, strategy_config_create
-from trading.sim.tws_server import send_command
+from trading.sim.tws_server import ACCOUNT, send_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 SIM_SPEED = "3000"  # the price moves enough within a second or two to need hedges
 MANUAL_NVDA_SHARES = 100.0  # the seeded account's manual shares of the underlying
+OTHER_ACCOUNT = "DU7654321"  # a second account on the same login (tws_two_accounts)
 
 
 def _free_port() -> int:
@@ -42,13 +43,14 @@ def _free_port() -> int:
 class TwsSimProcess:
     """`manage.py tws_sim` as a process, with its control port for faults and inspection."""
 
-    def __init__(self, var_dir: Path) -> None:
+    def __init__(self, var_dir: Path, *extra: str) -> None:
         self.port, self.control_port = _free_port(), _free_port()
         self.log_path = var_dir / f"tws_sim-{time.monotonic_ns()}.log"
         self.log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "manage.py", "tws_sim", "--port", str(self.port), "--control-port", str(self.control_port),
-             "--speed", SIM_SPEED, "--tick-s", "0.1", "--fill-latency-ms", "50", "--state", str(var_dir / "tws.json")],
+             "--speed", SIM_SPEED, "--tick-s", "0.1", "--fill-latency-ms", "50", "--state", str(var_dir / "tws.json"),
+             *extra],
             cwd=REPO, env={**os.environ, "BIFROST_ALLOW_DEV_SECRET": "1", "BIFROST_VAR_DIR": str(var_dir)},
             stdout=self.log, stderr=subprocess.STDOUT, text=True)
         wait_until(self._answers, 20, "tws_sim to listen")
@@ -74,8 +76,9 @@ class TwsSimProcess:
     def orders_after(self, ts: datetime) -> list[dict[str, Any]]:
         return [o for o in self.orders() if o["received_at"] > ts.timestamp()]
 
-    def stock_qty(self, symbol: str) -> float:
-        return next(p["qty"] for p in self.state()["positions"] if p["symbol"] == symbol and p["sec_type"] == "STK")
+    def stock_qty(self, symbol: str, account: str = ACCOUNT) -> float:
+        return next((p["qty"] for p in self.state()["positions"] if p["symbol"] == symbol and p["sec_type"] == "STK"
+                     and p.get("account", account) == account), 0.0)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -90,6 +93,13 @@ class TwsSimProcess:
 @pytest.fixture
 def tws(tmp_path: Path) -> Iterator[TwsSimProcess]:
     process = TwsSimProcess(tmp_path)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def tws_two_accounts(tmp_path: Path) -> Iterator[TwsSimProcess]:
+    process = TwsSimProcess(tmp_path, "--accounts", f"{ACCOUNT},{OTHER_ACCOUNT}")
     yield process
     process.stop()
 
@@ -428,3 +438,74 @@ def test_twenty_sigkill_cycles_on_postgresql_never_duplicate_an_order(ib_daemon,
     _fast_config()
 
     _kill_cycles(ib_daemon, tws, cycles=20, seed=23)
+
+
+def test_several_accounts_on_the_login_and_no_ib_account_is_refused_with_exit_2(daemon_factory, tws_two_accounts):
+    daemon = daemon_factory(BIFROST_BROKER="ib", IB_PORT=str(tws_two_accounts.port), IB_CLIENT_ID="1",
+                            BIFROST_IB_CLIENT=settings.BIFROST_IB_CLIENT)
+
+    assert daemon.wait(20) == 2
+    assert "IB_ACCOUNT" in daemon.output and OTHER_ACCOUNT in daemon.output
+    assert tws_two_accounts.orders() == []
+
+
+def test_foreign_fills_on_the_same_login_never_reach_the_ledger_and_flatten_spares_manual_shares(
+        daemon_factory, tws_two_accounts):
+    tws = tws_two_accounts
+    _fast_config()
+    daemon_factory(BIFROST_BROKER="ib", IB_PORT=str(tws.port), IB_CLIENT_ID="1", IB_ACCOUNT=ACCOUNT,
+                   BIFROST_IB_CLIENT=settings.BIFROST_IB_CLIENT)
+    _first_hedge()
+
+    tws.command("foreign_fill AAPL BUY 500 - bifrost:zzzz:1")  # our prefix, another symbol
+    tws.command(f"foreign_fill NVDA BUY 500 {OTHER_ACCOUNT} bifrost:zzzz:2")  # our prefix, another account
+    tws.command("foreign_fill NVDA SELL 40")  # the operator trades by hand in our account, from TWS
+    tws.command("drop")  # the reconnect reconciles executions of every client
+    wait_until(lambda: Operation.objects.filter(kind="foreign_ignored", message__contains="bifrost:zzzz:2").exists(),
+               30, "the foreign executions seen and ignored")
+    flatten = _wait_command(_command("flatten", "end of day"), 30)
+
+    assert flatten.state == "done", flatten.result
+    assert _ledger() == 0
+    assert not Fill.objects.filter(order_ref__startswith="bifrost:zzzz:").exists()
+    assert tws.stock_qty("NVDA") == MANUAL_NVDA_SHARES - 40  # exactly the operator's shares are left
+    assert tws.stock_qty("NVDA", OTHER_ACCOUNT) == 300 + 500  # the other account untouched
+    assert tws.stock_qty("AAPL") == 50 + 500
+
+
+def test_a_host_clock_off_from_the_brokers_blocks_hedging_until_they_agree(ib_daemon, tws):
+    _fast_config()
+    ib_daemon()
+    _first_hedge()
+
+    tws.command("skew 5")
+    _wait_command(_command("reconnect"))
+    skewed = wait_until(lambda: "clock_skew" in (s := status_payload_get())["block_reasons"] and s, 30, "clock_skew")
+    quiet_from = timezone.now()
+    time.sleep(1.0)
+    sent_while_skewed = tws.orders_after(quiet_from)
+    tws.command("skew 0")
+    _wait_command(_command("reconnect"))
+
+    assert skewed["lamp"] == "red"
+    assert sent_while_skewed == []
+    wait_until(lambda: "clock_skew" not in status_payload_get()["block_reasons"], 30, "the skew cleared")
+    wait_until(lambda: tws.orders_after(timezone.now() - timedelta(seconds=1)), 30, "hedging again")
+
+
+def test_a_partial_fill_whose_report_was_lost_is_recovered_by_the_periodic_reconcile(ib_daemon, tws):
+    _fast_config(working_timeout_s=1.0)
+    ib_daemon(BIFROST_RECONCILE_S="1")
+    _first_hedge()
+    armed_at = timezone.now()
+
+    tws.command("partial 10")
+    tws.command("lose_exec 1")  # the 10 shares fill, nobody hears of it live; the rest is cancelled at the timeout
+    order = wait_until(lambda: tws.orders_after(armed_at), 20, "the partly filled order")[0]
+    wait_until(lambda: next(o for o in tws.orders() if o["order_ref"] == order["order_ref"])["status"] == "Cancelled",
+               20, "its cancel at the working timeout")
+
+    fill = wait_until(lambda: Fill.objects.filter(order_ref=order["order_ref"]).first(), 20, "the lost partial fill")
+    assert fill.qty == 10
+    assert Operation.objects.filter(kind="fill_recovered", message__contains=order["order_ref"]).exists()
+    wait_until(lambda: _hedge_at_broker(tws) == _ledger(), 20, "the ledger to match the broker")

@@ -378,3 +378,22 @@ class _table_locked:
         self.conn.rollback()
         self.conn.close()
         return False
+
+
+def test_sigterm_during_a_database_stall_exits_at_once_and_journals_what_it_owed(daemon_factory, tmp_path):
+    daemon = daemon_factory()
+    _running()
+
+    with _database_outage():
+        wait_until(lambda: _journaled_bytes(tmp_path), 15, "the daemon to journal")
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        code = daemon.wait(10)
+        elapsed = time.monotonic() - started
+
+    assert code == 0
+    assert elapsed < 1.5, f"took {elapsed:.2f} s"
+    successor = daemon_factory()  # the next holder replays what the stalled one journaled, its stop included
+    wait_until(lambda: Operation.objects.filter(kind="daemon_stop", message__contains="SIGTERM").exists(), 30,
+               "the stalled daemon's last records replayed")
+    successor.stop()

@@ -138,3 +138,18 @@ def test_the_admin_shows_the_records_set_aside(tmp_path, settings, admin_client)
     page = admin_client.get("/admin/trading/sinkprogress/").content.decode()
 
     assert "e-refused" in page and "KeyError" in page and DEAD_LETTER_NAME in page
+
+
+def test_positions_of_any_instrument_ib_reports_are_written(tmp_path):
+    sink = _sink(tmp_path)
+    crypto = {"con_id": 479624278, "symbol": "ETH", "local_symbol": "ETH.USD-PAXOS-CRYPTO-LONG-NAME", "sec_type": "CRYPTO",
+              "right": None, "strike": None, "expiry": None, "multiplier": 1, "qty": 0.5, "avg_cost": 3100.0,
+              "market_price": 3150.0, "managed": False, "data": {}}
+    sink.put("positions", {"ts": timezone.now().isoformat(), "account": "DU1234567", "positions": [crypto]})
+    sink.put("operation", _operation("after the positions"))
+
+    async_to_sync(_drain)(sink)
+
+    from trading.models import Position
+    assert Position.objects.get(symbol="ETH").sec_type == "CRYPTO"
+    assert Operation.objects.filter(kind="note").exists() and sink.rejected == 0
