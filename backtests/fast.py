@@ -3,7 +3,7 @@
 It is a transcription, not a model: the engine's hedge path for the replay's event model (quote, option quotes,
 fills at t + latency, no timers) step by step — day roll, Black-Scholes greeks with the same float operations in
 the same order, the P&L ledger's average-cost arithmetic and summation order (the daily loss breaker halts on
-it), the calendar's one-second open/closed cache, gates in their fixed order, sizing, the trading-state machine
+it), the calendar's open/closed answer, gates in their fixed order, sizing, the trading-state machine
 (sync, monitor, need_hedge, hedging, pause_cost, pause_liq, no_trade, safe with its dwell, halted). A test drives
 both paths over scenarios where every guard fires and requires identical traces, tick by tick, float for float.
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from backtests.calendars import et_days, open_intervals
 from backtests.data import TickData
-from backtests.replay import REASON_BIT, STATE_CODE, Execution, ProgressFn, Structure, Trace
+from backtests.replay import HALT_POLICIES, REASON_BIT, STATE_CODE, Execution, ProgressFn, Structure, Trace
 from trading.core.calendar import in_earnings_blackout
 from trading.core.fsm import TradingState
 from trading.core.greeks import DAYS_PER_YEAR, SECONDS_PER_YEAR, expiry_instant
@@ -57,27 +57,29 @@ B_SPREAD = REASON_BIT["spread_too_wide"]
 B_MIN_MOVE = REASON_BIT["min_price_move"]
 B_IN_FLIGHT = REASON_BIT["order_in_flight"]
 B_BELOW_MIN = REASON_BIT["below_min_hedge"]
+B_NO_OPTIONS = REASON_BIT["no_option_position"]
+B_NEAR_EXPIRY = REASON_BIT["near_expiry"]
 COST_MASK = REASON_BIT["cooldown"] | REASON_BIT["min_price_move"] | REASON_BIT["below_min_hedge"]
 LIQ_MASK = COST_MASK | REASON_BIT["spread_too_wide"]
 
 # ---- parameter vector -----------------------------------------------------------------------------------------
 P_QTY, P_STRIKE, P_RATE, P_DIV, P_FALLBACK, P_COST_C, P_COST_P, P_THRESH, P_FORCE, P_MAXNET, P_MIN_HEDGE, \
     P_MAX_ORDER, P_COOLDOWN, P_MIN_MOVE, P_MAX_POS, P_MAX_LOSS, P_SPREAD_LIMIT, P_STALE_MS, P_COMM_PS, \
-    P_COMM_MIN, P_EXPIRY_S = range(21)
-N_PF = 21
-Q_EXPIRY_US, Q_LATENCY_US, Q_MAX_DAILY, Q_HOURS_ONLY, Q_HAS_EARNINGS, Q_T0 = range(6)
-N_PI = 6
+    P_COMM_MIN, P_EXPIRY_S, P_CUTOFF_MIN = range(22)
+N_PF = 22
+Q_EXPIRY_US, Q_LATENCY_US, Q_MAX_DAILY, Q_HOURS_ONLY, Q_HAS_EARNINGS, Q_T0, Q_RESUME = range(7)
+N_PI = 7
 
 # ---- state vector ---------------------------------------------------------------------------------------------
 F_BID, F_ASK, F_HQ, F_HAVG, F_HREAL, F_HMARK, F_HS, F_CMARK, F_PMARK, F_COMM, F_DAYSTART, F_LHP, F_IVC, F_IVP, \
-    F_MIDC, F_MIDP, F_DELTA, F_ORD_QTY, F_OPEN = range(19)
-N_FS = 19
+    F_MIDC, F_MIDP, F_DELTA, F_ORD_QTY, F_OPEN, F_SETC, F_SETP = range(21)
+N_FS = 21
 I_STATE, I_DAY, I_DAILY, I_LHA, I_HALTED, I_ADOPTED, I_DS_UNKNOWN, I_QUOTE_TS, I_PENDING, I_ORD_DUE, I_ORD_US, \
-    I_CHECKED, I_HEALTHY_SINCE, I_NFILLS, I_VALID, I_OOB, I_LAST_NOW, I_DECIDED, I_CMKT, I_PMKT = range(20)
-N_IS = 20
+    I_HALT_DAY, I_HEALTHY_SINCE, I_NFILLS, I_VALID, I_OOB, I_LAST_NOW, I_DECIDED, I_CMKT, I_PMKT, I_SETTLED = range(21)
+N_IS = 21
 NONE_I = -(2**62)  # "None" for an instant
 
-EV_QUOTE, EV_CALL_QUOTE, EV_PUT_QUOTE, EV_FILL = range(4)
+EV_RESET, EV_QUOTE, EV_CALL_QUOTE, EV_PUT_QUOTE, EV_FILL = range(5)
 
 # ---- per-row outputs ------------------------------------------------------------------------------------------
 O_INTENT, O_ORDER, O_NET, O_HS, O_HQ, O_HAVG, O_HREAL, O_HMARK, O_CMARK, O_PMARK, O_COMM = range(11)
@@ -236,6 +238,10 @@ def _gates(now: int, fs: np.ndarray, ist: np.ndarray, pf: np.ndarray, pi: np.nda
         mask |= B_BLACKOUT
     if ist[I_DAILY] >= pi[Q_MAX_DAILY]:
         mask |= B_MAX_DAILY
+    if ist[I_SETTLED]:
+        mask |= B_NO_OPTIONS
+    elif (pf[P_EXPIRY_S] - now / 1e6) / 60.0 < pf[P_CUTOFF_MIN]:
+        mask |= B_NEAR_EXPIRY
     if mid != 0.0:
         spread_bps = (ask - bid) / mid * 1e4
         if spread_bps >= pf[P_SPREAD_LIMIT]:
@@ -282,7 +288,20 @@ def _evaluate(now: int, fs: np.ndarray, ist: np.ndarray, pf: np.ndarray, pi: np.
         ist[I_ADOPTED] = 1  # adoption at the first quote; open_position marks each leg at its cost
         fs[F_CMARK] = pf[P_COST_C]
         fs[F_PMARK] = pf[P_COST_P]
-    if has_quote and ist[I_ADOPTED]:
+    if has_quote and ist[I_ADOPTED] and not ist[I_SETTLED] and now / 1e6 >= pf[P_EXPIRY_S]:
+        # ManagedBook.settle_expired: past 16:00 New York on the expiry, each leg is worth its intrinsic value
+        ist[I_SETTLED] = 1
+        fs[F_SETC] = max(spot - pf[P_STRIKE], 0.0)
+        fs[F_SETP] = max(pf[P_STRIKE] - spot, 0.0)
+    if has_quote and ist[I_ADOPTED] and ist[I_SETTLED]:
+        fs[F_DELTA] = 0.0
+        valid = spot > 0 and math.isfinite(spot)
+        ist[I_VALID] = 1 if valid else 0
+        if math.isfinite(spot):
+            fs[F_HMARK] = spot
+        fs[F_CMARK] = fs[F_SETC]
+        fs[F_PMARK] = fs[F_SETP]
+    elif has_quote and ist[I_ADOPTED]:
         t = _year_fraction(pf[P_EXPIRY_S], now)
         ivc = fs[F_IVC] if not math.isnan(fs[F_IVC]) else pf[P_FALLBACK]
         ivp = fs[F_IVP] if not math.isnan(fs[F_IVP]) else pf[P_FALLBACK]
@@ -306,10 +325,11 @@ def _evaluate(now: int, fs: np.ndarray, ist: np.ndarray, pf: np.ndarray, pi: np.
     if ist[I_DS_UNKNOWN] and has_quote:
         fs[F_DAYSTART] = _total(fs, pf, ist[I_ADOPTED]) - 0.0  # minus the seed's daily_pnl_usd, 0 in a replay
         ist[I_DS_UNKNOWN] = 0
-    if not ist[I_HALTED]:
+    if not ist[I_HALTED] and not ist[I_DS_UNKNOWN]:  # no baseline yet: lifetime P&L is not a day's loss
         daily = _total(fs, pf, ist[I_ADOPTED]) - fs[F_DAYSTART]
         if daily <= -pf[P_MAX_LOSS]:
             ist[I_HALTED] = 1
+            ist[I_HALT_DAY] = ist[I_DAY]
     # gate_state: the quote age, the open/closed cache (touched on every evaluation, as the engine does)
     quote_age_ms = (now - ist[I_QUOTE_TS]) / 1e6 * 1000.0 if has_quote else math.inf
     _is_open(now, ist, fs, opens, closes)
@@ -335,7 +355,7 @@ def _evaluate(now: int, fs: np.ndarray, ist: np.ndarray, pf: np.ndarray, pi: np.
         ist[I_STATE] = state
     if state == S_SYNC:
         if has_quote:
-            ist[I_STATE] = S_MONITOR
+            ist[I_STATE] = S_IDLE if ist[I_SETTLED] else S_MONITOR
         return
     healthy = not (quote_age_ms >= pf[P_STALE_MS]) and valid_greeks
     if state == S_SAFE:
@@ -357,6 +377,9 @@ def _evaluate(now: int, fs: np.ndarray, ist: np.ndarray, pf: np.ndarray, pi: np.
     if state == S_HEDGING:
         if not ist[I_PENDING]:
             ist[I_STATE] = S_MONITOR
+        return
+    if ist[I_SETTLED]:  # no options left to hedge
+        ist[I_STATE] = S_IDLE
         return
     if state == S_IDLE:
         state = S_MONITOR
@@ -457,13 +480,23 @@ def _kernel(i0: int, i1: int, ts: np.ndarray, bid: np.ndarray, ask: np.ndarray, 
         has_iv = not math.isnan(iv[i])
         # Events of the tick, in order: its Quote, an OptionQuote per leg (when it has an IV), then the fill of
         # an order due before the next tick. One evaluation site keeps the compiled engine loop small.
-        for event in range(4):
+        for event in range(5):
             now = ts[i]
-            if event == EV_QUOTE:
+            if event == EV_RESET:
+                # halt_policy resume_next_day: the replay's Control("reset_halt") before a new day's first quote
+                if not (pi[Q_RESUME] and ist[I_HALTED] and _day_index(bounds, now) > ist[I_HALT_DAY]):
+                    continue
+                _roll_day(now, fs, ist, pf, bounds)
+                ist[I_HALTED] = 0
+                ist[I_STATE] = S_SYNC
+            elif event == EV_QUOTE:
                 _roll_day(now, fs, ist, pf, bounds)  # Engine.on_event rolls the day before the handler
-                fs[F_BID] = bid[i]
-                fs[F_ASK] = ask[i]
-                ist[I_QUOTE_TS] = now
+                b = bid[i]
+                a = ask[i]
+                if math.isfinite(b) and math.isfinite(a) and b > 0 and a > 0 and a >= b:  # else ignored
+                    fs[F_BID] = b
+                    fs[F_ASK] = a
+                    ist[I_QUOTE_TS] = now
             elif event == EV_CALL_QUOTE or event == EV_PUT_QUOTE:
                 if not has_iv:
                     continue
@@ -522,7 +555,7 @@ CHUNK_TICKS = 200_000
 
 
 def run_fast(data: TickData, params: StrategyParams, structure: Structure, execution: Execution,
-             *, progress: ProgressFn | None = None) -> Trace:
+             *, halt_policy: str = HALT_POLICIES[0], progress: ProgressFn | None = None) -> Trace:
     """The per-event replay's trace, computed by the compiled transcription; see the module docstring."""
     why = unsupported(params)
     if why is not None:
@@ -563,6 +596,7 @@ def run_fast(data: TickData, params: StrategyParams, structure: Structure, execu
     pf[P_COMM_PS] = execution.commission_per_share
     pf[P_COMM_MIN] = execution.min_commission_usd
     pf[P_EXPIRY_S] = expiry_instant(structure.expiry)
+    pf[P_CUTOFF_MIN] = params.expiry_cutoff_minutes
     pi = np.zeros(N_PI, dtype=np.int64)
     pi[Q_EXPIRY_US] = structure.expiry_us
     pi[Q_LATENCY_US] = latency_us
@@ -570,6 +604,7 @@ def run_fast(data: TickData, params: StrategyParams, structure: Structure, execu
     pi[Q_HOURS_ONLY] = 1 if params.trading_hours_only else 0
     pi[Q_HAS_EARNINGS] = 1 if params.earnings_dates else 0
     pi[Q_T0] = t0
+    pi[Q_RESUME] = 1 if halt_policy == "resume_next_day" else 0
     fs = np.full(N_FS, math.nan)
     fs[F_HQ] = fs[F_HAVG] = fs[F_HREAL] = fs[F_HS] = fs[F_COMM] = fs[F_DAYSTART] = fs[F_DELTA] = 0.0
     fs[F_ORD_QTY] = 0.0
@@ -591,9 +626,6 @@ def run_fast(data: TickData, params: StrategyParams, structure: Structure, execu
                 fs[mid_slot] = (price + price) / 2.0
                 fs[iv_slot] = float(data.iv[0])
     ist[I_STATE] = S_SYNC  # BrokerStatus, PositionsSynced and Reconciled before tick 0: boot → sync
-    # ...and those evaluations consulted the calendar at t0 (the engine caches it for a second).
-    ist[I_CHECKED] = NONE_I
-    _is_open(t0, ist, fs, opens, closes)
     # Column-major outputs: each trace column is one contiguous row here, handed over without a copy.
     out_f = np.empty((N_OF, n))
     out_i = np.zeros((N_OI, n), dtype=np.int64)

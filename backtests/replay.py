@@ -38,13 +38,14 @@ import numpy.typing as npt
 
 from backtests.data import TickData, datetime_from_us, iso
 from trading.core.calendar import ET, AlwaysOpenCalendar, TradingCalendar, trading_date
-from trading.core.engine import ENGINE_VERSION, HEDGE_KEY, DecisionView, Engine, EngineSeed
+from trading.core.engine import ENGINE_VERSION, HEDGE_KEY, DecisionView, Engine, EngineSeed, valid_quote
 from trading.core.events import (
     Action,
     BrokerPosition,
     BrokerStatus,
     CancelOrder,
     Contract,
+    Control,
     Event,
     Fill,
     OptionQuote,
@@ -74,6 +75,10 @@ STATES: tuple[TradingState, ...] = tuple(TradingState)
 STATE_CODE = {s: i for i, s in enumerate(STATES)}
 REASON_BIT = {r: 1 << i for i, r in enumerate(GATE_REASONS)}
 DECISION_NONE, DECISION_HEDGE, DECISION_BLOCKED = 0, 1, 2
+# What a daily-loss halt does in a replay (a replay option, not a strategy parameter: params hashes stay put).
+# Live, only an operator's reset_halt ends a halt; a replay has no operator, so by default it resets the halt at
+# the next trading day's first tick, as an operator would the next morning. "stop" keeps it for the rest of the run.
+HALT_POLICIES = ("resume_next_day", "stop")
 DECISION_NAMES = ("none", "hedge", "blocked")
 ProgressFn = Callable[[float], None]  # fraction 0..1 done; may raise to stop the run
 
@@ -280,8 +285,11 @@ class _Order:
 class _EventReplay:
     """Feeds the engine and plays the broker: acks at once, fills at t + latency at the prevailing quote."""
 
-    def __init__(self, data: TickData, params: StrategyParams, structure: Structure, execution: Execution) -> None:
+    def __init__(self, data: TickData, params: StrategyParams, structure: Structure, execution: Execution,
+                 halt_policy: str = HALT_POLICIES[0]) -> None:
         self.data = data
+        self.resume_next_day = halt_policy == "resume_next_day"
+        self.halted_on: date | None = None
         self.params = params
         self.structure = structure
         self.execution = execution
@@ -304,6 +312,8 @@ class _EventReplay:
 
     def feed(self, event: Event, now: datetime) -> None:
         actions = self.engine.on_event(event, now)
+        if self.engine.halt_reason and self.halted_on is None:
+            self.halted_on = self.engine.counters.trading_date
         decision = self.engine.last_decision
         if decision is not None and decision is not self._seen:
             self._seen = self.row_decision = decision
@@ -348,8 +358,12 @@ class _EventReplay:
         self.row_decision = None
         ts_us = int(d.ts_us[i])
         now = datetime_from_us(ts_us)
+        if self.resume_next_day and self.halted_on is not None and trading_date(now) > self.halted_on:
+            self.halted_on = None
+            self.feed(Control("reset_halt", actor="replay", reason="halt_policy resume_next_day"), now)
         bid, ask = float(d.bid[i]), float(d.ask[i])
-        self.quote_bid, self.quote_ask = bid, ask
+        if valid_quote(bid, ask):  # a crossed or empty row is no market: fills keep the last real quote
+            self.quote_bid, self.quote_ask = bid, ask
         last = float(d.last[i])
         self.feed(Quote(p.underlying, bid, ask, last if math.isfinite(last) else None, now), now)
         self._option_quotes(i, now)
@@ -435,11 +449,11 @@ def check_structure_adoptable(data: TickData, params: StrategyParams, structure:
 
 
 def run_per_event(data: TickData, params: StrategyParams, structure: Structure, execution: Execution,
-                  *, progress: ProgressFn | None = None) -> Trace:
+                  *, halt_policy: str = HALT_POLICIES[0], progress: ProgressFn | None = None) -> Trace:
     """Drive the engine one event at a time over every tick; see the module docstring for the event model."""
     n = len(data)
     trace = Trace.empty(n)
-    replay = _EventReplay(data, params, structure, execution)
+    replay = _EventReplay(data, params, structure, execution, halt_policy)
     replay.start()
     step = max(1, n // 100)
     for i in range(n):
@@ -486,6 +500,14 @@ def equity_of(trace: Trace, structure: Structure) -> Equity:
     # The engine's own order of summation (realized + unrealized - commissions), so `total` is what it halts on.
     total = trace.hedge_realized + ((u_hedge + u_call) + u_put) - trace.commissions
     return Equity(options, hedge, trace.commissions, total)
+
+
+def forward_filled(values: FloatArray) -> FloatArray:
+    """NaNs replaced by the last value before them (leading NaNs stay)."""
+    seen = ~np.isnan(values)
+    last = np.where(seen, np.arange(len(values)), -1)
+    np.maximum.accumulate(last, out=last)
+    return np.where(last >= 0, values[np.maximum(last, 0)], np.nan)
 
 
 def _sample(n: int, points: int) -> npt.NDArray[np.int64]:
@@ -622,16 +644,21 @@ class BacktestOutcome:
 
 
 def run_backtest(data: TickData, params: StrategyParams, *, straddles: int = DEFAULT_STRADDLES,
-                 execution: Execution | None = None, path: str = "auto",
+                 execution: Execution | None = None, path: str = "auto", halt_policy: str = HALT_POLICIES[0],
                  progress: ProgressFn | None = None) -> BacktestOutcome:
     """Replay `data` under `params`. path: "auto" (the fast path when it supports the params, else per event),
-    "fast" (refuses params it does not support) or "per_event"."""
+    "fast" (refuses params it does not support) or "per_event"; halt_policy: see HALT_POLICIES."""
     from backtests import fast
 
     if path not in ("auto", "fast", "per_event"):
         raise ConfigError("path", f"expected auto, fast or per_event, got {path!r}")
+    if halt_policy not in HALT_POLICIES:
+        raise ConfigError("halt_policy", f"expected one of {', '.join(HALT_POLICIES)}, got {halt_policy!r}")
     if len(data) == 0:
         raise ConfigError("data", "no ticks")
+    # A row without an IV keeps the last one seen: the legs are repriced at every tick at today's stock price
+    # (an empty cell froze their marks while the hedge moved, and the equity with it).
+    data = data.with_changes(iv=forward_filled(data.iv))
     execution = execution or Execution()
     started = timer.perf_counter()
     started_at = datetime.now(UTC)
@@ -641,10 +668,11 @@ def run_backtest(data: TickData, params: StrategyParams, *, straddles: int = DEF
     if path == "fast" and unsupported:
         raise ConfigError(unsupported[0], f"the fast path does not support it ({unsupported[1]}); use per_event")
     if path == "per_event" or (path == "auto" and unsupported):
-        trace = run_per_event(data, params, structure, execution, progress=progress)
+        trace = run_per_event(data, params, structure, execution, halt_policy=halt_policy, progress=progress)
     else:
-        trace = fast.run_fast(data, params, structure, execution, progress=progress)
+        trace = fast.run_fast(data, params, structure, execution, halt_policy=halt_policy, progress=progress)
     result = summarise(data, params, structure, execution, trace)
+    result["halt_policy"] = halt_policy
     elapsed = timer.perf_counter() - started
     if unsupported and path == "auto":
         result["path_note"] = f"per-event path: the fast path does not support {unsupported[0]} ({unsupported[1]})"

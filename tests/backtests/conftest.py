@@ -36,8 +36,8 @@ def params(**overrides: Any) -> StrategyParams:
 
 
 def replay(data: TickData, p: StrategyParams, *, path: str = "per_event", execution: Execution | None = None,
-           straddles: int = 10) -> BacktestOutcome:
-    return run_backtest(data, p, path=path, execution=execution, straddles=straddles)
+           straddles: int = 10, halt_policy: str = "resume_next_day") -> BacktestOutcome:
+    return run_backtest(data, p, path=path, execution=execution, straddles=straddles, halt_policy=halt_policy)
 
 
 def widen_spread(data: TickData, start: int, stop: int, bps: float) -> TickData:

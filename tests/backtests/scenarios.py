@@ -47,7 +47,12 @@ def _quiet_expensive() -> TickData:
     return market(realized_vol=0.15, implied_vol=0.9, seed=4).slice(0, 8000)
 
 
+def _expiry_friday() -> TickData:
+    return market(tick_s=5.0, realized_vol=0.3, seed=4, start="2026-03-13")  # a Friday: the straddle's expiry
+
+
 _TIGHT = {"hedge_threshold_shares": 5, "epsilon_band_shares": 2, "min_hedge_shares": 1}
+_EXPIRING_TODAY = {"min_dte": 0, "max_dte": 0}
 
 SCENARIOS: dict[str, Scenario] = {s.reason: s for s in (
     Scenario("cooldown", _hour_and_a_half, {"cooldown_s": 60}, {"cooldown_s": 0}),
@@ -62,6 +67,8 @@ SCENARIOS: dict[str, Scenario] = {s.reason: s for s in (
              {"earnings_dates": []}),
     Scenario("risk_halt", _quiet_expensive, {"max_daily_loss_usd": 30, **_TIGHT}, {"max_daily_loss_usd": 1e9, **_TIGHT}),
     Scenario("order_in_flight", _hour_and_a_half, {}, {}, Execution(latency_ms=3000), Execution(latency_ms=150)),
+    Scenario("near_expiry", _expiry_friday, {"expiry_cutoff_minutes": 30, **_EXPIRING_TODAY},
+             {"expiry_cutoff_minutes": 0, **_EXPIRING_TODAY}),
     # Quotes every 10 s and fills 16 s after the order: the fill lands 6 s after the last quote, stale, and the
     # delta has moved on meanwhile, so the engine sits in `safe` wanting a hedge.
     Scenario("data_stale", _three_sessions_10s, {"stale_quote_ms": 5000}, {"stale_quote_ms": 10_000},

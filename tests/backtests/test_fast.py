@@ -108,3 +108,63 @@ def test_fast_path_matches_the_engine_when_fills_cross_midnight_in_new_york():
     _, bounds = et_days(int(data.ts_us[0]), int(data.ts_us[-1]))
     day_of = lambda us: np.searchsorted(bounds, us, side="right")  # noqa: E731
     assert (day_of(slow.trace.order_us) != day_of(slow.trace.fill_us)).any()
+
+
+def test_rows_without_an_iv_carry_the_last_one_so_the_legs_are_repriced_at_every_tick():
+    data = market(days=2, tick_s=5.0, implied_vol=0.4, vol_of_vol=0.0)
+    sparse = data.with_changes(iv=np.where(np.arange(len(data)) % 120 == 0, data.iv, np.nan))
+
+    full = replay(data, params(max_daily_loss_usd=1500.0), path="per_event").result
+    gappy = assert_identical(sparse, params(max_daily_loss_usd=1500.0)).result
+
+    assert gappy["hedges"] == full["hedges"]
+    assert gappy["pnl_total_usd"] == pytest.approx(full["pnl_total_usd"], abs=1e-6)
+    assert gappy["blocks"] == full["blocks"]  # no false halt from frozen option marks
+
+
+def test_data_past_the_expiry_settles_the_legs_at_intrinsic_and_sends_nothing_after_it():
+    data = market(days=30, tick_s=60.0, realized_vol=0.6, seed=3, start="2026-03-02")
+    p = params(min_dte=0, max_dte=14)
+
+    slow = assert_identical(data, p)
+
+    expiry_us = slow.structure.expiry_us
+    assert (slow.trace.fill_us < expiry_us).all() and len(slow.trace.fill_us) > 0
+    after = data.ts_us >= expiry_us
+    assert after.sum() > 1000  # weeks of data after the expiry
+    last_mid_at_expiry = float(data.mid[np.flatnonzero(after)[0]])
+    strike = slow.structure.strike
+    assert slow.trace.call_mark[-1] == pytest.approx(max(last_mid_at_expiry - strike, 0.0))
+    assert slow.trace.put_mark[-1] == pytest.approx(max(strike - last_mid_at_expiry, 0.0))
+    assert slow.result["final"]["trading_state"] == "idle"
+
+
+def test_a_halt_lasts_the_rest_of_the_run_with_halt_policy_stop_and_one_day_by_default():
+    data = market(days=3, tick_s=10.0, realized_vol=0.15, implied_vol=0.9, seed=4)
+    p = params(max_daily_loss_usd=30, hedge_threshold_shares=5, epsilon_band_shares=2, min_hedge_shares=1)
+
+    resumed = replay(data, p, path="per_event")
+    stopped = replay(data, p, path="per_event", halt_policy="stop")
+    fast_resumed = replay(data, p, path="fast")
+    fast_stopped = replay(data, p, path="fast", halt_policy="stop")
+
+    assert fast_resumed.trace.mismatch(resumed.trace) is None
+    assert fast_stopped.trace.mismatch(stopped.trace) is None
+    days = [d["hedges"] for d in resumed.result["daily"]]
+    assert len(days) == 3 and all(h > 0 for h in days)  # halted each day, trading again the next
+    assert [d["hedges"] for d in stopped.result["daily"]][1:] == [0, 0]
+    assert resumed.result["halt_policy"] == "resume_next_day" and stopped.result["halt_policy"] == "stop"
+
+
+def test_crossed_zero_and_missing_quotes_are_ignored_the_same_way_by_both_paths():
+    data = market(days=2, tick_s=5.0, realized_vol=0.8, seed=9)
+    bid, ask = data.bid.copy(), data.ask.copy()
+    rng = np.random.default_rng(5)
+    bad = rng.choice(np.arange(1, len(data)), 300, replace=False)
+    for k, row in enumerate(bad):
+        bid[row], ask[row] = [(ask[row], bid[row]), (0.0, ask[row]), (bid[row], -1.0)][k % 3]
+    data = data.with_changes(bid=bid, ask=ask)
+
+    slow = assert_identical(data, params())
+
+    assert slow.result["hedges"] > 0

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from trading.core.events import BrokerPosition, Contract, LegGreeks
-from trading.core.greeks import bs_greeks, implied_vol, year_fraction
+from trading.core.greeks import bs_greeks, expiry_instant, implied_vol, year_fraction
 from trading.core.params import StrategyParams
 
 SECONDS_PER_YEAR = 365.0 * 86400.0
@@ -26,6 +26,7 @@ class Leg:
     iv_source: str = "fallback"
     greeks: tuple[float, float, float, float, float] = (math.nan, math.nan, math.nan, math.nan, math.nan)
     market_marked: bool = False  # marked at its market mid (else at its model price)
+    settled: float | None = None  # past its expiry: worth its intrinsic value at the first spot after it
 
     @property
     def mid(self) -> float | None:
@@ -47,7 +48,7 @@ class BookGreeks:
 
 
 def is_adoptable(position: BrokerPosition, params: StrategyParams, spot: float, today: date) -> bool:
-    """The structure filter: a long option on the underlying, DTE in [min_dte, max_dte], strike near the money."""
+    """The leg filter: a long option on the underlying, DTE in [min_dte, max_dte], strike near the money."""
     c = position.contract
     if c.sec_type != "OPT" or c.symbol != params.underlying or c.expiry is None or c.strike is None:
         return False
@@ -59,12 +60,52 @@ def is_adoptable(position: BrokerPosition, params: StrategyParams, spot: float, 
     )
 
 
+def structures(positions: tuple[BrokerPosition, ...], params: StrategyParams, spot: float,
+               today: date) -> tuple[list[BrokerPosition], list[tuple[BrokerPosition, str]]]:
+    """The long straddles and strangles in the account: a call and a put on the underlying with the same expiry
+    and quantity, both passing the leg filter. Returns (legs to adopt, [(position, why not)] for the rest of the
+    options on the underlying) — a lone call the operator bought by hand is never hedged."""
+    fit = [p for p in positions if is_adoptable(p, params, spot, today)]
+    by_expiry: dict[tuple[date | None, float], dict[str, list[BrokerPosition]]] = {}
+    for p in fit:
+        by_expiry.setdefault((p.contract.expiry, p.qty), {"C": [], "P": []})[p.contract.right or "C"].append(p)
+    adopted: list[BrokerPosition] = []
+    for sides in by_expiry.values():
+        calls = sorted(sides["C"], key=lambda p: abs((p.contract.strike or 0.0) / spot - 1.0))
+        puts = sorted(sides["P"], key=lambda p: abs((p.contract.strike or 0.0) / spot - 1.0))
+        for call, put in zip(calls, puts, strict=False):  # nearest the money first
+            adopted += [call, put]
+    taken = {p.contract.con_id for p in adopted}
+    left = []
+    for p in positions:
+        c = p.contract
+        if c.sec_type != "OPT" or c.symbol != params.underlying or c.con_id in taken:
+            continue
+        why = ("no put/call of the same expiry and quantity to make a straddle or strangle with"
+               if p in fit else _why_not_a_leg(p, params, spot, today))
+        left.append((p, why))
+    return adopted, left
+
+
+def _why_not_a_leg(position: BrokerPosition, params: StrategyParams, spot: float, today: date) -> str:
+    c = position.contract
+    if position.qty <= 0:
+        return "short, not long"
+    if c.expiry is None or c.strike is None:
+        return "no expiry or strike"
+    dte = (c.expiry - today).days
+    if not params.min_dte <= dte <= params.max_dte:
+        return f"{dte} days to expiry, outside {params.min_dte}..{params.max_dte}"
+    return f"strike {c.strike:g} is {abs(c.strike / spot - 1.0):.1%} from spot, outside the {params.atm_band_frac:.0%} band"
+
+
 @dataclass
 class ManagedBook:
     """Legs by con_id plus the hedge ledger. Hedge shares change only on confirmed fills."""
 
     legs: dict[int, Leg] = field(default_factory=dict)
     hedge_shares: float = 0.0
+    next_expiry_s: float | None = None  # the nearest expiry (POSIX s) of a leg still held and not settled
     _has_options: bool = False
 
     def adopt(self, contract: Contract, qty: float, avg_cost: float | None) -> Leg:
@@ -88,8 +129,27 @@ class ManagedBook:
         return self._has_options
 
     def _recount(self) -> None:
-        # Quantities change only at adoption and position syncs; the hot path asks on every tick.
-        self._has_options = any(leg.qty != 0 for leg in self.legs.values())
+        # Quantities change only at adoption, position syncs and expiry; the hot path asks on every tick.
+        self._has_options = any(leg.qty != 0 and leg.settled is None for leg in self.legs.values())
+        live = [expiry_instant(leg.contract.expiry) for leg in self.legs.values()
+                if leg.qty != 0 and leg.settled is None and leg.contract.expiry is not None]
+        self.next_expiry_s = min(live) if live else None
+
+    def settle_expired(self, spot: float, now_s: float) -> list[Leg]:
+        """Legs whose expiry (16:00 New York) has passed settle at their intrinsic value at `spot`: from then on
+        they count for nothing in delta and are marked at that value. Returns the legs settled now."""
+        if self.next_expiry_s is None or now_s < self.next_expiry_s:
+            return []
+        settled = []
+        for leg in self.legs.values():
+            c = leg.contract
+            if leg.settled is None and c.expiry is not None and now_s >= expiry_instant(c.expiry):
+                assert c.strike is not None
+                leg.settled = max(spot - c.strike, 0.0) if c.right == "C" else max(c.strike - spot, 0.0)
+                leg.greeks = (leg.settled, 0.0, 0.0, 0.0, 0.0)
+                settled.append(leg)
+        self._recount()
+        return settled
 
     def compute_greeks(self, spot: float, now: datetime, params: StrategyParams) -> BookGreeks:
         """Reprice every leg at `spot`; IV per leg: broker model → solved from mid → params.fallback_vol."""
@@ -100,6 +160,8 @@ class ManagedBook:
         for leg in self.legs.values():
             c = leg.contract
             assert c.right is not None and c.strike is not None and c.expiry is not None
+            if leg.settled is not None:
+                continue  # expired: no delta, no gamma, no time left
             t_years = t_by_expiry.get(c.expiry)
             if t_years is None:
                 t_years = t_by_expiry[c.expiry] = year_fraction(c.expiry, now)
@@ -128,7 +190,7 @@ class ManagedBook:
     def on_option_quote(self, con_id: int, bid: float, ask: float, greeks: LegGreeks | None, iv: float | None,
                         spot: float | None, now: datetime, params: StrategyParams) -> None:
         leg = self.legs.get(con_id)
-        if leg is None:
+        if leg is None or leg.settled is not None:
             return
         leg.bid, leg.ask = bid, ask
         broker_iv = greeks.iv if greeks is not None else iv

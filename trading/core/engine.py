@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any, Protocol
 
-from trading.core.book import BookGreeks, ManagedBook, is_adoptable
+from trading.core.book import BookGreeks, ManagedBook, structures
 from trading.core.calendar import ET, in_earnings_blackout, trading_date
 from trading.core.classifier import (
     Classification,
@@ -235,12 +235,12 @@ class Engine:
     # ---- event handlers ----------------------------------------------------------------------------------
 
     def _on_quote(self, q: Quote, actions: list[Action]) -> None:
-        if q.symbol != self.params.underlying or not _valid_quote(q.bid, q.ask):
+        if q.symbol != self.params.underlying or not valid_quote(q.bid, q.ask):
             return
         self.bid, self.ask, self.quote_ts = q.bid, q.ask, q.ts
 
     def _on_option_quote(self, q: OptionQuote, actions: list[Action]) -> None:
-        if not _valid_quote(q.bid, q.ask):
+        if not valid_quote(q.bid, q.ask):
             return
         self.book.on_option_quote(q.con_id, q.bid, q.ask, q.greeks, q.iv, self.spot, self.now, self.params)
 
@@ -455,6 +455,11 @@ class Engine:
         if not self.adopted and self.positions_synced and spot is not None:
             self._sync_book(actions)  # adoption waited for the first quote (the ATM band needs a spot)
         if spot is not None and self.book.legs:
+            for leg in self.book.settle_expired(spot, now.timestamp()):
+                c = leg.contract
+                self._operation(actions, "leg_settled", f"{c.local_symbol or c.symbol} expired: settled at its "
+                                f"intrinsic value {leg.settled:.4f} (spot {spot:.4f}); no longer hedged",
+                                data={"con_id": c.con_id, "settlement": leg.settled})
             self.greeks = self.book.compute_greeks(spot, now, p)
         elif not self.book.legs:
             self.greeks = BookGreeks(0.0, 0.0, 0.0, 0.0, spot is not None, 0)
@@ -708,6 +713,8 @@ class Engine:
             last_hedge_price=self.last_hedge_price,
             last_hedge_at=self.last_hedge_at,
             last_reject_at=self.last_reject_at,
+            minutes_to_expiry=None if self.book.next_expiry_s is None else (
+                self.book.next_expiry_s - now.timestamp()) / 60.0,
             lease_confirmed=self.edge.lease_confirmed,
             journal_writable=self.edge.journal_writable,
             clock_skewed=self.edge.clock_skewed,
@@ -800,6 +807,9 @@ class Engine:
         self.pnl.mark(HEDGE_KEY, spot)
         iv_sum = 0.0
         for leg in self.book.legs.values():
+            if leg.settled is not None:
+                self.pnl.mark(str(leg.contract.con_id), leg.settled)
+                continue
             mid = leg.mid
             mark = mid if mid is not None else leg.greeks[0]
             if (mid is not None) != leg.market_marked:  # e.g. the first option quote after model marks
@@ -815,21 +825,25 @@ class Engine:
                                 elapsed_days)
 
     def _adopt_if_needed(self, actions: list[Action]) -> None:
-        """At first start, take over the legs that pass the structure filter; later syncs never drop a leg."""
+        """At first start, take over the account's straddles and strangles (`structures`); a lone option is shown
+        as not adopted with the reason. Later syncs never drop a leg."""
         spot = self.spot
         if self.adopted or spot is None:
             return
-        today = trading_date(self.now)
-        for position in self.positions:
-            if is_adoptable(position, self.params, spot, today):
-                c = position.contract
-                self.book.adopt(c, position.qty, position.avg_cost)
-                actions.append(Record("managed_leg", {
-                    "con_id": c.con_id, "symbol": c.symbol, "local_symbol": c.local_symbol, "right": c.right,
-                    "strike": c.strike, "expiry": c.expiry.isoformat() if c.expiry else None,
-                    "multiplier": c.multiplier, "adopted_qty": position.qty, "ts": self.now.isoformat(),
-                }))
-                self._operation(actions, "leg_adopted", f"adopted {c.local_symbol or c.symbol} x {position.qty:g}")
+        adopt, left = structures(self.positions, self.params, spot, trading_date(self.now))
+        for position, why in left:
+            c = position.contract
+            self._operation(actions, "leg_not_adopted", f"{c.local_symbol or c.symbol} x {position.qty:g} not "
+                            f"adopted: {why}", data={"con_id": c.con_id, "why": why})
+        for position in adopt:
+            c = position.contract
+            self.book.adopt(c, position.qty, position.avg_cost)
+            actions.append(Record("managed_leg", {
+                "con_id": c.con_id, "symbol": c.symbol, "local_symbol": c.local_symbol, "right": c.right,
+                "strike": c.strike, "expiry": c.expiry.isoformat() if c.expiry else None,
+                "multiplier": c.multiplier, "adopted_qty": position.qty, "ts": self.now.isoformat(),
+            }))
+            self._operation(actions, "leg_adopted", f"adopted {c.local_symbol or c.symbol} x {position.qty:g}")
         self.adopted = True
 
     def _roll_day(self, now: datetime, actions: list[Action]) -> None:
@@ -866,7 +880,7 @@ def _next_et_midnight(day: date) -> float:
     return datetime.combine(day + timedelta(days=1), time(0), tzinfo=ET).timestamp()
 
 
-def _valid_quote(bid: float, ask: float) -> bool:
+def valid_quote(bid: float, ask: float) -> bool:
     """IB sends -1, 0 and NaN for 'no price': such a quote is not a quote."""
     return math.isfinite(bid) and math.isfinite(ask) and bid > 0 and ask > 0 and ask >= bid
 

@@ -27,6 +27,7 @@ GATE_REASONS: tuple[str, ...] = (
     "min_price_move",
     "order_in_flight",
     "below_min_hedge",
+    "near_expiry",
     "lease_unconfirmed",
     "journal_unwritable",
     "clock_skew",
@@ -62,6 +63,7 @@ class GateState:
     last_hedge_price: float | None
     last_hedge_at: datetime | None
     last_reject_at: datetime | None = None
+    minutes_to_expiry: float | None = None  # to the nearest expiry of a leg still held (None: no legs)
     # The edge's own safety (the daemon's lease, its journal, its clock); always fine in a replay.
     lease_confirmed: bool = True
     journal_writable: bool = True
@@ -144,6 +146,8 @@ def standing_reasons(state: GateState, params: StrategyParams, counters: Counter
         reasons.append("max_daily_hedges")
     if state.spread_bps is not None and _spread_blocks(state.spread_bps, params):
         reasons.append("spread_too_wide")
+    if state.minutes_to_expiry is not None and state.minutes_to_expiry < params.expiry_cutoff_minutes:
+        reasons.append("near_expiry")
     if not state.lease_confirmed:
         reasons.append("lease_unconfirmed")
     if not state.journal_writable:

@@ -36,6 +36,7 @@ _KINDS: dict[str, _Kind] = {
     "ack_timeout_s": "float",
     "working_timeout_s": "float",
     "flatten_timeout_s": "float",
+    "expiry_cutoff_minutes": "float",
     "max_daily_hedges": "int",
     "max_position_shares": "int",
     "max_daily_loss_usd": "float",
@@ -245,6 +246,7 @@ class StrategyParams:
     ack_timeout_s: float = 5.0
     working_timeout_s: float = 30.0
     flatten_timeout_s: float = 120.0  # a flatten not done by then fails (its order cancelled), never lingers
+    expiry_cutoff_minutes: float = 30.0  # no hedging this close to the structure's expiry (gamma explodes)
     # risk
     max_daily_hedges: int = 50
     max_position_shares: int = 2000

@@ -9,7 +9,8 @@ from trading.core.params import StrategyParams
 
 _RANK = {"ok": 0, "degraded": 1, "blocked": 2}
 # A standing gate that is the operator's choice or the calendar's, not a fault: yellow, not red.
-_EXPECTED_BLOCKS = frozenset({"paused", "outside_trading_hours", "earnings_blackout", "no_option_position"})
+_EXPECTED_BLOCKS = frozenset({"paused", "outside_trading_hours", "earnings_blackout", "no_option_position",
+                              "near_expiry"})
 NEAR_LIMIT_FRAC = 0.8
 
 
@@ -110,6 +111,7 @@ _CHECK_NAME = {
     "earnings_blackout": "earnings",
     "max_daily_hedges": "daily_hedges",
     "spread_too_wide": "spread",
+    "near_expiry": "expiry",
     "lease_unconfirmed": "lease",
     "journal_unwritable": "journal",
     "clock_skew": "clock",
@@ -138,6 +140,7 @@ _DETAILS = {
     "no_option_position": "no managed option position",
     "outside_trading_hours": "the exchange is closed",
     "earnings_blackout": "inside the earnings blackout window",
+    "near_expiry": "the structure is about to expire: no hedging in its last minutes",
     "lease_unconfirmed": "the daemon could not confirm its lease within one heartbeat: no order leaves until it does",
     "journal_unwritable": "the local journal cannot be written (disk full or failing): no order leaves",
     "clock_skew": "the host clock disagrees with the broker's by more than the allowed skew",

@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from tqdm import tqdm
 
 from backtests import data as tickdata
-from backtests.replay import parse_start_position, run_backtest, write_decisions_csv
+from backtests.replay import HALT_POLICIES, parse_start_position, run_backtest, write_decisions_csv
 from trading.core.params import StrategyParams
 from trading.errors import ConfigError, DataFileError
 
@@ -59,6 +59,9 @@ class Command(BaseCommand):
         parser.add_argument("--start-position", default="straddle:10", metavar="straddle:N")
         parser.add_argument("--out", metavar="result.json", help="write result.json here")
         parser.add_argument("--decisions", metavar="decisions.csv", help="one row per tick with every reason")
+        parser.add_argument("--halt-policy", choices=HALT_POLICIES, default=HALT_POLICIES[0],
+                            help="after a daily-loss halt: resume at the next trading day's first tick (as an operator "
+                                 "would reset it the next morning) or stop hedging for the rest of the run")
         parser.add_argument("--save", action="store_true", help="keep the run (and an imported --data file) in the DB")
         parser.add_argument("--path", choices=("auto", "fast", "per_event"), default="auto",
                             help="auto: the compiled fast path when it supports the params, else per event")
@@ -109,7 +112,8 @@ class Command(BaseCommand):
                     bar.update(pct - done[0])
                     done[0] = pct
 
-            outcome = run_backtest(ticks, params, straddles=straddles, path=options["path"], progress=progress)
+            outcome = run_backtest(ticks, params, straddles=straddles, path=options["path"],
+                                   halt_policy=options["halt_policy"], progress=progress)
         result = outcome.result
         if options["out"]:
             Path(options["out"]).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

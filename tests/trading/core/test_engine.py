@@ -184,6 +184,53 @@ def test_only_the_straddle_legs_are_adopted() -> None:
     assert set(h.engine.book.legs) == {CALL.con_id, PUT.con_id}
 
 
+def test_a_lone_near_the_money_call_bought_by_hand_is_not_adopted_and_says_why() -> None:
+    lone_call = Contract(105, "NVDA", "OPT", "C", 182.5, EXPIRY, 100, "NVDA  260407C00182500")
+    h = new_harness()
+    h.send(BrokerStatus(True, h.now))
+    h.send(PositionsSynced((*ACCOUNT, BrokerPosition(lone_call, 3, avg_cost=6.0 * 100)), h.now))
+
+    actions = h.quote(SPOT)
+
+    assert set(h.engine.book.legs) == {CALL.con_id, PUT.con_id}
+    reasons = {o["data"]["con_id"]: o["data"]["why"] for o in operations(actions, "leg_not_adopted")}
+    assert "no put/call of the same expiry and quantity" in reasons[lone_call.con_id]
+    assert "outside" in reasons[FAR_CALL.con_id]
+
+
+def test_a_strangle_is_adopted_and_legs_of_unequal_quantity_are_not() -> None:
+    call = Contract(201, "NVDA", "OPT", "C", 184.0, EXPIRY, 100)
+    put = Contract(202, "NVDA", "OPT", "P", 176.0, EXPIRY, 100)
+    odd_put = Contract(203, "NVDA", "OPT", "P", 178.0, EXPIRY, 100)
+    h = new_harness()
+    h.send(BrokerStatus(True, h.now))
+    h.send(PositionsSynced((BrokerPosition(call, 5, 500.0), BrokerPosition(put, 5, 450.0),
+                            BrokerPosition(odd_put, 2, 500.0)), h.now))
+
+    h.quote(SPOT)
+
+    assert set(h.engine.book.legs) == {call.con_id, put.con_id}
+
+
+def test_no_hedge_in_the_structures_last_half_hour_and_its_legs_settle_at_intrinsic_at_expiry() -> None:
+    expires = datetime(2026, 4, 7, 20, 0, tzinfo=UTC)  # 16:00 in New York on EXPIRY
+    h = started(start=expires - timedelta(minutes=40), min_dte=0, cooldown_s=0, min_price_move_bps=0,
+                auto_fill=True)
+
+    near = h.quote(SPOT + 2.0, after_s=15 * 60)  # 25 minutes to go, delta far out of band
+    after = h.quote(SPOT + 4.0, after_s=26 * 60)  # a minute past the expiry
+    later = [a for spot in (170.0, 195.0, 181.0) for a in h.quote(spot, after_s=60.0)]
+
+    assert placed(near) == [] and "near_expiry" in records(near, "decision")[0]["reasons"]
+    assert {o["data"]["con_id"] for o in operations(after, "leg_settled")} == {CALL.con_id, PUT.con_id}
+    assert h.engine.pnl.holdings[str(CALL.con_id)].mark == pytest.approx(4.0)  # intrinsic at the first spot after
+    assert h.engine.pnl.holdings[str(PUT.con_id)].mark == 0.0
+    assert h.engine.greeks.option_delta_shares == 0.0
+    assert placed(after + later) == []  # nothing left to hedge: a step delta is never chased
+    assert h.engine.state == TradingState.IDLE
+    assert h.engine.pnl.holdings[str(CALL.con_id)].mark == pytest.approx(4.0)  # settled once, not re-marked
+
+
 def test_manual_shares_are_never_counted_as_hedge_shares() -> None:
     h = started()
 

@@ -57,7 +57,7 @@ def test_gate_reasons_are_the_contract_codes_in_the_contract_order() -> None:
         "paused", "stopping", "risk_halt", "broker_disconnected", "no_quote", "data_stale", "greeks_invalid",
         "not_reconciled", "no_option_position", "outside_trading_hours", "earnings_blackout", "cooldown",
         "max_daily_hedges", "max_position", "spread_too_wide", "min_price_move", "order_in_flight",
-        "below_min_hedge", "lease_unconfirmed", "journal_unwritable", "clock_skew",
+        "below_min_hedge", "near_expiry", "lease_unconfirmed", "journal_unwritable", "clock_skew",
     )
 
 
@@ -94,7 +94,7 @@ def test_every_failing_gate_is_reported_in_contract_order_with_data_stale_and_be
         paused=True, stopping=True, halted=True, broker_connected=False, quote_age_ms=5000.0, greeks_valid=False,
         reconciled=False, has_options=False, market_open=False, in_blackout=True, spread_bps=50.0,
         last_hedge_at=NOW, last_hedge_price=SPOT, order_in_flight=True, net_delta_shares=6.0,
-        lease_confirmed=False, journal_writable=False, clock_skewed=True,
+        lease_confirmed=False, journal_writable=False, clock_skewed=True, minutes_to_expiry=10.0,
     )
 
     result = evaluate_gates(state, PARAMS, _counters(daily_hedges=99), NOW)
@@ -102,8 +102,8 @@ def test_every_failing_gate_is_reported_in_contract_order_with_data_stale_and_be
     assert result.reasons == (
         "paused", "stopping", "risk_halt", "broker_disconnected", "data_stale", "greeks_invalid", "not_reconciled",
         "no_option_position", "outside_trading_hours", "earnings_blackout", "cooldown", "max_daily_hedges",
-        "spread_too_wide", "min_price_move", "order_in_flight", "below_min_hedge", "lease_unconfirmed",
-        "journal_unwritable", "clock_skew",
+        "spread_too_wide", "min_price_move", "order_in_flight", "below_min_hedge", "near_expiry",
+        "lease_unconfirmed", "journal_unwritable", "clock_skew",
     )
     assert set(result.reasons) | {"no_quote", "max_position"} == set(GATE_REASONS)
 
@@ -127,6 +127,7 @@ ALONE: dict[str, Callable[[], tuple[GateState, Counters]]] = {
     "min_price_move": lambda: (_clear(last_hedge_price=SPOT * (1 + 19.99e-4)), _counters()),
     "order_in_flight": lambda: (_clear(order_in_flight=True), _counters()),
     "below_min_hedge": lambda: (_clear(net_delta_shares=9.4), _counters()),
+    "near_expiry": lambda: (_clear(minutes_to_expiry=PARAMS.expiry_cutoff_minutes - 0.001), _counters()),
     "lease_unconfirmed": lambda: (_clear(lease_confirmed=False), _counters()),
     "journal_unwritable": lambda: (_clear(journal_writable=False), _counters()),
     "clock_skew": lambda: (_clear(clock_skewed=True), _counters()),
