@@ -22,6 +22,9 @@ lock:  ## re-resolve requirements.in into requirements.lock
 	$(VENV)/bin/pip install -q -r requirements.in
 	$(VENV)/bin/pip freeze --exclude-editable > requirements.lock
 
+# supervisord's configs keep their state (socket, logs, the demo's database) in $BIFROST_VAR_DIR.
+demo demo-ib: export BIFROST_VAR_DIR ?= $(CURDIR)/var
+
 demo: install
 	$(PY) manage.py demo_setup
 	@echo "Bifrost control room: http://$${BIFROST_BIND:-127.0.0.1:8000}/  (Ctrl-C stops everything)"

@@ -204,3 +204,23 @@ BIFROST_SIM_FAULTS = frozenset(f.strip() for f in os.environ.get("BIFROST_SIM_FA
 # Status snapshots and blocked decisions older than this many days are deleted by a daily job (0 keeps all).
 BIFROST_HISTORY_RETENTION_DAYS = _env_float("BIFROST_HISTORY_RETENTION_DAYS", 90.0)
 BIFROST_SUPERVISOR_URL = os.environ.get("BIFROST_SUPERVISOR_URL", f"unix://{VAR_DIR / 'supervisor.sock'}")
+
+# ---- alerts (DESIGN §10): every channel optional; the watchdog program sends, the daemon never does ----------
+BIFROST_TELEGRAM_API_URL = os.environ.get("BIFROST_TELEGRAM_API_URL", "https://api.telegram.org")
+BIFROST_TELEGRAM_BOT_TOKEN = os.environ.get("BIFROST_TELEGRAM_BOT_TOKEN", "")
+BIFROST_TELEGRAM_CHAT_ID = os.environ.get("BIFROST_TELEGRAM_CHAT_ID", "")
+BIFROST_ALERT_WEBHOOK_URL = os.environ.get("BIFROST_ALERT_WEBHOOK_URL", "")
+BIFROST_ALERT_EMAILS = [a.strip() for a in os.environ.get("BIFROST_ALERT_EMAILS", "").split(",") if a.strip()]
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = _env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "bifrost@localhost")
+BIFROST_ALERT_RED_S = _env_float("BIFROST_ALERT_RED_S", 30.0)  # red this long → alert
+BIFROST_ALERT_YELLOW_S = _env_float("BIFROST_ALERT_YELLOW_S", 600.0)
+BIFROST_ALERT_REPEAT_S = _env_float("BIFROST_ALERT_REPEAT_S", 1800.0)  # the same alert at most this often
+# IB's nightly restart, US/Eastern "HH:MM-HH:MM" (may wrap midnight): disconnects in it are not alerts.
+BIFROST_IB_RESTART_WINDOW = os.environ.get("BIFROST_IB_RESTART_WINDOW", "")
+BIFROST_WATCHDOG_S = _env_float("BIFROST_WATCHDOG_S", 1.0)  # how often the watchdog looks
+BIFROST_METRICS_OPEN = _env_bool("BIFROST_METRICS_OPEN", False)  # /metrics without a login (a trusted scraper)

@@ -16,8 +16,10 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
+from monitor.models import Alert
 from monitor.permissions import CanOperate, CanView
 from monitor.selectors import account_get, positions_list, status_payload_recent
+from monitor.services import AlertError, alert_ack, alert_silence_create
 from trading.errors import ControlCommandError
 from trading.models import ControlCommand, Decision, Fill, Operation, Order
 from trading.services import control_command_create
@@ -233,3 +235,77 @@ class ControlCommandGetApi(APIView):
         if cmd is None:
             raise NotFound(f"no control command {command_id}")
         return Response(ControlCommandOutputSerializer(cmd).data)
+
+
+# ---- alerts ------------------------------------------------------------------------------------------------------
+
+
+class AlertOutputSerializer(serializers.ModelSerializer):
+    deliveries = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Alert
+        ref_name = "Alert"
+        fields = ["id", "key", "kind", "severity", "state", "message", "reasons", "count", "first_seen", "last_seen",
+                  "resolved_at", "acked_by", "acked_at", "deliveries"]
+
+    def get_deliveries(self, alert: Alert) -> list[dict[str, Any]]:
+        return [{"channel": d.channel, "event": d.event, "state": d.state, "attempts": d.attempts,
+                 "last_error": d.last_error, "delivered_at": d.delivered_at} for d in alert.deliveries.all()]
+
+
+class AlertListApi(HistoryListApi):
+    """Alerts, newest first by last seen; `state` firing|resolved, repeatable `kind`, `since` on last seen."""
+
+    model, time_field, kind_field = Alert, "last_seen", "kind"
+    serializer_class = AlertOutputSerializer
+
+    def get_queryset(self) -> QuerySet[Any]:
+        qs = super().get_queryset().prefetch_related("deliveries")
+        state = self.request.query_params.get("state")
+        if state is not None:
+            if state not in Alert.State.values:
+                raise ValidationError({"state": [f"expected one of {', '.join(Alert.State.values)}"]})
+            qs = qs.filter(state=state)
+        return qs
+
+    @extend_schema(parameters=[*_HISTORY_PARAMS, OpenApiParameter("state", OpenApiTypes.STR,
+                                                                   enum=Alert.State.values)],
+                   summary="Alerts; kind = alert kind, state = firing or resolved")
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class AlertAckApi(APIView):
+    permission_classes = [CanOperate]
+
+    @extend_schema(request=None, responses={200: AlertOutputSerializer},
+                   summary="Acknowledge an alert: no more repeats (the resolved message still comes); idempotent")
+    def post(self, request: Request, alert_id: int) -> Response:
+        if not Alert.objects.filter(pk=alert_id).exists():
+            raise NotFound(f"no alert {alert_id}")
+        return Response(AlertOutputSerializer(alert_ack(alert_id=alert_id, user=request.user.get_username())).data)
+
+
+class AlertSilenceCreateApi(APIView):
+    permission_classes = [CanOperate]
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "AlertSilenceInput"
+
+        kinds = serializers.ListField(child=serializers.CharField(max_length=40), min_length=1, max_length=50)
+        until = serializers.DateTimeField()
+        reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+
+    @extend_schema(request=InputSerializer, responses={201: OpenApiTypes.OBJECT},
+                   summary="Silence alert kinds until a time (still recorded, not sent)")
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            silence = alert_silence_create(user=request.user.get_username(), **data.validated_data)
+        except AlertError as exc:
+            raise ValidationError({exc.field: [exc.reason]}) from exc
+        return Response({"id": silence.pk, "kinds": silence.kinds, "until": silence.until,
+                         "reason": silence.reason}, status=status.HTTP_201_CREATED)

@@ -18,6 +18,11 @@ urlpatterns = [
     path("api/account/", api.AccountGetApi.as_view(), name="api-account"),
     path("api/control/", api.ControlCommandCreateApi.as_view(), name="api-control"),
     path("api/control/<int:command_id>/", api.ControlCommandGetApi.as_view(), name="api-control-detail"),
+    path("api/alerts/", api.AlertListApi.as_view(), name="api-alerts"),
+    path("api/alerts/silence/", api.AlertSilenceCreateApi.as_view(), name="api-alerts-silence"),
+    path("api/alerts/<int:alert_id>/ack/", api.AlertAckApi.as_view(), name="api-alert-ack"),
+    path("healthz", views.healthz, name="healthz"),
+    path("metrics", views.metrics, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]

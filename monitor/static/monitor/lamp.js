@@ -101,6 +101,15 @@ async function refreshOperations() {
   $("operations").innerHTML = rows.map((o) => `<tr><td>${esc(o.ts.slice(11, 19))}</td><td>${esc(o.kind)}</td><td>${esc(o.message)}</td></tr>`).join("");
 }
 
+async function refreshAlerts() {
+  const r = await fetch("/api/alerts/?state=firing&limit=20", { credentials: "same-origin" });
+  if (!r.ok) return;
+  const rows = (await r.json()).results || [];
+  $("alerts").innerHTML = rows.length
+    ? rows.map((a) => `<tr class="sev-${esc(a.severity)}"><td>${esc(a.last_seen.slice(11, 19))}</td><td>${esc(a.severity)}</td><td>${esc(a.message)}</td><td class="num">${esc(a.count)}</td><td>${esc(a.acked_by || "")}</td></tr>`).join("")
+    : '<tr><td colspan="5" class="muted">none</td></tr>';
+}
+
 // ---- control buttons, each confirmed in words -----------------------------------------------------------
 function csrfToken() {
   const m = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
@@ -147,3 +156,5 @@ wireControls();
 connect();
 refreshOperations();
 setInterval(refreshOperations, 3000);
+refreshAlerts();
+setInterval(refreshAlerts, 3000);
