@@ -83,3 +83,62 @@ def test_a_sigkilled_daemon_is_told_on_telegram_and_the_webhook_and_its_recovery
     reds = [b for b in webhook.bodies() if b["key"] == "lamp_red:heartbeat_stale"]
     assert [b["state"] for b in reds] == ["firing", "resolved"]  # one message each way, however long it was red
     assert restarted != pid
+
+
+@pytest.fixture
+def misconfigured_system(tmp_path: Path):
+    """The shipped config with a daemon that cannot start: a broker name it does not know (exit 2 at once)."""
+    webhook = HttpReceiver()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bifrost.settings", "BIFROST_ALLOW_DEV_SECRET": "1",
+           "DATABASE_URL": database_url(), "BIFROST_VAR_DIR": str(tmp_path), "BIFROST_BIND": f"127.0.0.1:{free_port()}",
+           "BIFROST_LOG_LEVEL": "WARNING", "BIFROST_Q_WORKERS": "1", "BIFROST_WATCHDOG_S": "0.5",
+           "BIFROST_BROKER": "bogus", "BIFROST_ALERT_WEBHOOK_URL": f"{webhook.url}/hook"}
+    supervisord = subprocess.Popen([str(Path(sys.executable).parent / "supervisord"), "-n", "-c",
+                                    str(REPO / "deploy" / "supervisord.conf")], env=env, cwd=REPO)
+    yield webhook
+    supervisord.send_signal(signal.SIGTERM)
+    supervisord.wait(30)
+    webhook.close()
+
+
+def test_a_daemon_supervisord_gives_up_on_is_told_as_fatal(misconfigured_system):
+    webhook = misconfigured_system
+
+    fatal = wait_until(lambda: [b for b in webhook.bodies() if b["key"] == "daemon_fatal"], DEADLINE_S,
+                       "the FATAL alert")[0]
+
+    assert fatal["severity"] == "critical" and "configuration" in fatal["message"]
+
+
+@pytest.mark.postgres
+def test_an_alert_raised_while_the_database_is_down_is_sent_and_recorded_when_it_returns(transactional_db, tmp_path):
+    from django.db import connection
+
+    from monitor.models import Alert
+    from tests.e2e.test_daemon_sim import _database_outage
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the database refusing connections is a PostgreSQL drill")
+    webhook = HttpReceiver()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bifrost.settings", "BIFROST_ALLOW_DEV_SECRET": "1",
+           "DATABASE_URL": database_url(), "BIFROST_VAR_DIR": str(tmp_path), "BIFROST_LOG_LEVEL": "WARNING",
+           "BIFROST_WATCHDOG_S": "0.3", "BIFROST_ALERT_RED_S": "1", "BIFROST_ALERT_WEBHOOK_URL": f"{webhook.url}/hook"}
+    watchdog = subprocess.Popen([sys.executable, "manage.py", "watchdog"], env=env, cwd=REPO,
+                                stdin=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: [b for b in webhook.bodies() if b["key"] == "lamp_red:daemon_not_running"], 30,
+                   "the watchdog at work (no daemon runs: red)")
+        with _database_outage():
+            outage = wait_until(lambda: [b for b in webhook.bodies() if b["key"] == "db_outage:watchdog"], 30,
+                                "the outage told while the database is down")[0]
+        recorded = wait_until(lambda: Alert.objects.filter(key="db_outage:watchdog").first(), 30,
+                              "the alert recorded once the database is back")
+        wait_until(lambda: [b for b in webhook.bodies() if b["key"] == "db_outage:watchdog"
+                            and b["state"] == "resolved"], 30, "its resolved message")
+    finally:
+        watchdog.terminate()
+        watchdog.wait(10)
+        webhook.close()
+
+    assert outage["severity"] == "critical" and "cannot reach the database" in outage["message"]
+    assert recorded.deliveries.filter(event="firing", state="delivered").exists()

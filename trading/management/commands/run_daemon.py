@@ -25,7 +25,7 @@ from trading.daemon.runtime import EXIT_CONFIG, EXIT_INTERNAL, EXIT_LEASE_HELD, 
 from trading.errors import ConfigError, LeaseHeldError
 
 log = logging.getLogger("trading.daemon")
-MIN_RUN_S = 3.0  # above deploy/supervisord.conf's startsecs
+MIN_RUN_S = 8.0  # above deploy/supervisord.conf's startsecs (5 s): a slow start-up is not a failed start
 
 
 class Command(BaseCommand):
