@@ -152,7 +152,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "monitor.errors.api_exception_handler",
-    "DEFAULT_THROTTLE_RATES": {"control": os.environ.get("BIFROST_CONTROL_RATE", "60/min")},
+    "DEFAULT_THROTTLE_RATES": {"control": os.environ.get("BIFROST_CONTROL_RATE", "60/min"),
+                               "queue": os.environ.get("BIFROST_QUEUE_RATE", "30/hour")},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Bifrost API",
@@ -224,3 +225,9 @@ BIFROST_ALERT_REPEAT_S = _env_float("BIFROST_ALERT_REPEAT_S", 1800.0)  # the sam
 BIFROST_IB_RESTART_WINDOW = os.environ.get("BIFROST_IB_RESTART_WINDOW", "")
 BIFROST_WATCHDOG_S = _env_float("BIFROST_WATCHDOG_S", 1.0)  # how often the watchdog looks
 BIFROST_METRICS_OPEN = _env_bool("BIFROST_METRICS_OPEN", False)  # /metrics without a login (a trusted scraper)
+
+# ---- the control room's limits (issue 13) ---------------------------------------------------------------------
+BIFROST_QUEUE_RATE = os.environ.get("BIFROST_QUEUE_RATE", "30/hour")  # backtests and sweeps queued per user
+BIFROST_MAX_SWEEP_RUNS = int(os.environ.get("BIFROST_MAX_SWEEP_RUNS", "200"))
+BIFROST_MAX_SYNTHETIC_TICKS = int(os.environ.get("BIFROST_MAX_SYNTHETIC_TICKS", "5000000"))
+BIFROST_UPLOAD_MAX_MB = _env_float("BIFROST_UPLOAD_MAX_MB", 100.0)

@@ -1,4 +1,5 @@
-"""Who may read and who may steer: the `viewer` and `operator` groups (superusers pass both)."""
+"""Who may read, who may queue heavy work and who may steer: the `viewer`, `researcher` and `operator` groups
+(superusers pass all). Researchers read like viewers and queue backtests and sweeps; operators do everything."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from django.shortcuts import render
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-VIEWER, OPERATOR = "viewer", "operator"
+VIEWER, RESEARCHER, OPERATOR = "viewer", "researcher", "operator"
 
 
 def is_operator(user: AbstractBaseUser | AnonymousUser) -> bool:
@@ -21,7 +22,13 @@ def is_operator(user: AbstractBaseUser | AnonymousUser) -> bool:
 
 def is_viewer(user: AbstractBaseUser | AnonymousUser) -> bool:
     return bool(user.is_authenticated and (
-        user.is_superuser or user.groups.filter(name__in=(VIEWER, OPERATOR)).exists()))
+        user.is_superuser or user.groups.filter(name__in=(VIEWER, RESEARCHER, OPERATOR)).exists()))
+
+
+def is_researcher(user: AbstractBaseUser | AnonymousUser) -> bool:
+    """May queue backtests and sweeps (researchers and operators)."""
+    return bool(user.is_authenticated and (
+        user.is_superuser or user.groups.filter(name__in=(RESEARCHER, OPERATOR)).exists()))
 
 
 class CanView(BasePermission):
@@ -29,6 +36,13 @@ class CanView(BasePermission):
 
     def has_permission(self, request: Request, view: Any) -> bool:
         return is_viewer(request.user)
+
+
+class CanQueue(BasePermission):
+    message = "queueing backtests and sweeps needs the researcher or operator role"
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return is_researcher(request.user)
 
 
 class CanOperate(BasePermission):

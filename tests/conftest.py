@@ -63,6 +63,16 @@ def viewer(db) -> User:
 
 
 @pytest.fixture
+def researcher(db) -> User:
+    return _user("rita", "researcher")
+
+
+@pytest.fixture
+def researcher_api(researcher) -> APIClient:
+    return _client(researcher)
+
+
+@pytest.fixture
 def operator(db) -> User:
     return _user("otto", "operator")
 
