@@ -22,15 +22,33 @@ def _env_float(name: str, default: float) -> float:
 
 DEBUG = _env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+# Keys from examples and docs, and anything short, are refused outside DEBUG: a known key signs anyone's session.
+_PLACEHOLDER_KEYS = ("change-me", "changeme", "secret", "django-insecure", "bifrost-dev")
+if SECRET_KEY and not DEBUG and (len(SECRET_KEY) < 32 or SECRET_KEY.lower().startswith(_PLACEHOLDER_KEYS)):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("DJANGO_SECRET_KEY is a placeholder or shorter than 32 characters: generate one "
+                               "(python3 -c 'import secrets; print(secrets.token_urlsafe(50))')")
 if not SECRET_KEY:
     if not DEBUG and not os.environ.get("BIFROST_ALLOW_DEV_SECRET"):
         # A production process must never run on a key that is in the repository.
         from django.core.exceptions import ImproperlyConfigured
 
         raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when DJANGO_DEBUG is off")
-    SECRET_KEY = "bifrost-dev-only-insecure-key"
+    # The demo's key: random, made once and kept under var/ (never a key anyone else knows).
+    _key_file = VAR_DIR / "secret_key"
+    if not _key_file.exists():
+        import secrets
+
+        _key_file.touch(mode=0o600)
+        _key_file.write_text(secrets.token_urlsafe(50))
+    SECRET_KEY = _key_file.read_text().strip()
 
 ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]
+# Behind a TLS proxy: the origins browsers post from, and (opt-in) the proxy's word that the request was HTTPS.
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+if _env_bool("BIFROST_TRUST_PROXY_SSL", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     "daphne",
@@ -44,6 +62,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "django_q",
     "trading",
@@ -126,6 +145,11 @@ LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
+# One cache for every web process and command (throttles and rate limits must agree across processes): Redis when
+# configured, else a database table (made by a migration).
+CACHES = {"default": (
+    {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL} if REDIS_URL
+    else {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "bifrost_cache"})}
 
 CHANNEL_LAYERS = (
     {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
@@ -154,10 +178,19 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "monitor.errors.api_exception_handler",
     "DEFAULT_THROTTLE_RATES": {"control": os.environ.get("BIFROST_CONTROL_RATE", "60/min"),
                                "queue": os.environ.get("BIFROST_QUEUE_RATE", "30/hour")},
+    # Bodies nested deeper than Python's parser recurses, and NUL characters (PostgreSQL jsonb cannot store them),
+    # are refused as 400s naming the field instead of crashing into 500s.
+    "DEFAULT_PARSER_CLASSES": ["monitor.parsers.SafeJSONParser", "rest_framework.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Bifrost API",
     "VERSION": "1.0.0",
+    # The docs page's script and styles from a pinned package, served by us: nothing loads from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SERVE_PERMISSIONS": ["monitor.permissions.CanView"],
     "ENUM_NAME_OVERRIDES": {
         "ControlCommandStateEnum": "trading.models.ControlCommand.State",
         "RunStateEnum": "backtests.models.RunState",
@@ -231,3 +264,6 @@ BIFROST_QUEUE_RATE = os.environ.get("BIFROST_QUEUE_RATE", "30/hour")  # backtest
 BIFROST_MAX_SWEEP_RUNS = int(os.environ.get("BIFROST_MAX_SWEEP_RUNS", "200"))
 BIFROST_MAX_SYNTHETIC_TICKS = int(os.environ.get("BIFROST_MAX_SYNTHETIC_TICKS", "5000000"))
 BIFROST_UPLOAD_MAX_MB = _env_float("BIFROST_UPLOAD_MAX_MB", 100.0)
+BIFROST_CONTROL_RATE = os.environ.get("BIFROST_CONTROL_RATE", "60/min")  # per user, every path (API, admin, CLI)
+BIFROST_LOGIN_RATE = os.environ.get("BIFROST_LOGIN_RATE", "10/min")  # per user name and per address
+BIFROST_SUPERVISOR_TIMEOUT_S = _env_float("BIFROST_SUPERVISOR_TIMEOUT_S", 10.0)

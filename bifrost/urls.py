@@ -7,3 +7,7 @@ urlpatterns = [
     path("", include("monitor.urls")),
     path("", include("backtests.urls")),
 ]
+
+handler400 = "monitor.errors.bad_request"
+handler404 = "monitor.errors.not_found"
+handler500 = "monitor.errors.server_error"

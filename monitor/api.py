@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import Q, QuerySet
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.generics import ListAPIView
-from rest_framework.pagination import CursorPagination
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
@@ -36,6 +37,23 @@ class HistoryPagination(CursorPagination):
 
     def get_ordering(self, request: Request, queryset: QuerySet[Any], view: Any) -> tuple[str, ...]:
         return (f"-{view.time_field}", "-id")
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        """A cursor we did not hand out (not base64, a position that is not an instant) is a 400, not a 500."""
+        try:
+            cursor = super().decode_cursor(request)
+        except NotFound as exc:
+            raise ValidationError({"cursor": ["invalid cursor"]}) from exc
+        if cursor is not None and cursor.position is not None and parse_datetime_or_none(cursor.position) is None:
+            raise ValidationError({"cursor": ["invalid cursor"]})
+        return cursor
+
+
+def parse_datetime_or_none(text: str) -> Any:
+    try:
+        return parse_datetime(text)
+    except ValueError:
+        return None
 
 
 class HistoryFilterSerializer(serializers.Serializer):

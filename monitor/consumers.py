@@ -17,6 +17,7 @@ from monitor.selectors import status_payload_get, status_payload_recent
 
 STATUS_GROUP = "status"
 POLL_S = 0.5
+RECHECK_S = 2.0  # a logout or a lost role closes an open socket within this long
 
 
 class StatusConsumer(AsyncJsonWebsocketConsumer):
@@ -42,9 +43,28 @@ class StatusConsumer(AsyncJsonWebsocketConsumer):
         await self._push(await database_sync_to_async(status_payload_get)())  # the change itself: read it fresh
 
     async def _poll(self) -> None:
+        checked = asyncio.get_running_loop().time()
         while True:
+            if asyncio.get_running_loop().time() - checked >= RECHECK_S:
+                checked = asyncio.get_running_loop().time()
+                if not await database_sync_to_async(self._still_allowed)():
+                    await self.close(code=4403)
+                    return
             await self._push(await database_sync_to_async(status_payload_recent)())
             await asyncio.sleep(POLL_S)
+
+    def _still_allowed(self) -> bool:
+        """The session the socket was opened with still exists (no logout since) and its user still reads."""
+        from django.contrib.auth import get_user_model
+        from django.contrib.sessions.models import Session
+        from django.utils import timezone
+
+        session = self.scope.get("session")
+        key = getattr(session, "session_key", None)
+        if key is not None and not Session.objects.filter(session_key=key, expire_date__gt=timezone.now()).exists():
+            return False
+        user = get_user_model().objects.filter(pk=self.scope["user"].pk, is_active=True).first()
+        return user is not None and is_viewer(user)
 
     async def _push(self, payload: dict[str, Any]) -> None:
         # heartbeat_age_s changes on every read; it alone is no change worth a message.

@@ -7,7 +7,7 @@ from monitor import api, views
 
 urlpatterns = [
     path("", views.lamp_page, name="lamp"),
-    path("login/", auth_views.LoginView.as_view(template_name="monitor/login.html"), name="login"),
+    path("login/", views.RateLimitedLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(next_page="/login/"), name="logout"),
     path("api/status/", api.StatusGetApi.as_view(), name="api-status"),
     path("api/operations/", api.OperationListApi.as_view(), name="api-operations"),

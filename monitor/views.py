@@ -2,7 +2,10 @@
 /healthz for an uptime monitor and /metrics for Prometheus."""
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
+from django.contrib.auth.views import LoginView
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -12,12 +15,28 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
+from bifrost.ratelimit import allow
 from monitor.models import Alert
 from monitor.permissions import is_operator, is_viewer, viewer_required
 from monitor.selectors import status_payload_get, status_payload_recent
 from trading.models import Fill, Order
 
 HEALTH = {"green": ("ok", 200), "yellow": ("degraded", 200), "red": ("down", 503)}
+
+
+class RateLimitedLoginView(LoginView):
+    """The login page, with at most BIFROST_LOGIN_RATE attempts per user name and per address (429 beyond)."""
+
+    template_name = "monitor/login.html"
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        rate = settings.BIFROST_LOGIN_RATE
+        name = request.POST.get("username", "")[:150]
+        address = request.META.get("REMOTE_ADDR", "")
+        if not (allow(f"login-user:{name}", rate) and allow(f"login-addr:{address}", rate)):
+            return render(request, self.template_name, {"form": self.get_form(), "throttled": rate,
+                                                        "next": request.POST.get("next", "")}, status=429)
+        return super().post(request, *args, **kwargs)
 
 
 @viewer_required

@@ -153,6 +153,16 @@ class StrategyConfigAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        from monitor.permissions import is_operator
+
+        return super().has_change_permission(request, obj) and is_operator(request.user)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        from monitor.permissions import is_operator
+
+        return super().has_add_permission(request) and is_operator(request.user)
+
     def save_model(self, request: HttpRequest, obj: StrategyConfig, form: Any, change: bool) -> None:
         """Configs are immutable: saving an edit creates a new version (the form has validated the params)."""
         from trading.services import strategy_config_create
@@ -162,10 +172,14 @@ class StrategyConfigAdmin(admin.ModelAdmin):
         obj.pk, obj.params_hash = created.pk, created.params_hash
         self.message_user(request, f"saved as a new version [{created.params_hash[:8]}]; activate it to use it")
 
-    @admin.action(description="Activate the selected config (exactly one)")
+    @admin.action(description="Activate the selected config (exactly one)", permissions=["change"])
     def activate(self, request: HttpRequest, queryset: Any) -> None:
+        from monitor.permissions import is_operator
         from trading.services import strategy_config_activate
 
+        if not is_operator(request.user):
+            self.message_user(request, "activating a config needs the operator role", level=messages.ERROR)
+            return
         if queryset.count() != 1:
             self.message_user(request, "select exactly one config to activate", level=messages.ERROR)
             return

@@ -17,6 +17,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from bifrost.ratelimit import allow
 from trading.core.params import StrategyParams
 from trading.errors import ControlCommandError, LeaseHeldError
 from trading.models import (
@@ -50,6 +51,10 @@ def control_command_create(*, command: str, reason: str = "", user: str, source:
     if command not in ControlCommand.Command.values:
         raise ControlCommandError("command", f"unknown command {command!r}; expected one of "
                                   + ", ".join(ControlCommand.Command.values))
+    if source != "api" and not allow(f"control:{user}", settings.BIFROST_CONTROL_RATE):
+        # The API has DRF's throttle (a 429) at the same rate; the admin and the CLI are bounded here.
+        raise ControlCommandError("command", f"too many commands from {user}: at most "
+                                  f"{settings.BIFROST_CONTROL_RATE}")
     with transaction.atomic():
         lease = DaemonLease.objects.select_for_update().annotate(age=lease_age()).filter(name="daemon").first()
         cmd = ControlCommand.objects.create(command=command, reason=reason[:500], created_by=user, source=source)

@@ -6,16 +6,43 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models.functions import Now
-from supervisor.xmlrpc import Faults, SupervisorTransport
+from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
 
 from trading.models import ControlCommand
 
 DAEMON_PROGRAM = "daemon"
 
 
+class _TimedUnixConnection(UnixStreamHTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        self.sock.settimeout(self.timeout)
+
+
+class _TimedTransport(SupervisorTransport):
+    """supervisord's transport, with a timeout: a stuck supervisord must not hang a web request."""
+
+    def __init__(self, serverurl: str, timeout_s: float) -> None:
+        super().__init__(None, None, serverurl=serverurl)
+        if serverurl.startswith("unix://"):
+            def get_connection() -> Any:
+                conn = _TimedUnixConnection("localhost", timeout=timeout_s)
+                conn.socketfile = serverurl[len("unix://"):]
+                return conn
+        else:
+            http = self._get_connection
+
+            def get_connection() -> Any:
+                conn = http()
+                conn.timeout = timeout_s
+                return conn
+
+        self._get_connection = get_connection
+
+
 def supervisor_proxy() -> Any:
     url = settings.BIFROST_SUPERVISOR_URL
-    transport = SupervisorTransport(None, None, serverurl=url)
+    transport = _TimedTransport(url, settings.BIFROST_SUPERVISOR_TIMEOUT_S)
     # The host part is ignored for unix sockets; supervisor's transport connects to `serverurl` itself.
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
