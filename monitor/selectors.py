@@ -52,7 +52,8 @@ def status_payload_recent() -> dict[str, Any]:
 
 def status_payload_get() -> dict[str, Any]:
     """The /api/status/ payload: the daemon's last snapshot, judged by its lease exactly as the lease itself is —
-    by the database's clock against the holder's own interval — so the lamp and the lease never disagree."""
+    by the database's clock against the holder's own interval — so the lamp and the lease never disagree. A daemon
+    that no longer answers has its checks shown as `unknown` and its figures as of their time, never as "ok"."""
     current = StatusCurrent.objects.filter(id=1).first()
     payload = copy.deepcopy(current.payload) if current is not None else _empty_payload()
     lease = lease_get()
@@ -60,28 +61,32 @@ def status_payload_get() -> dict[str, Any]:
     age_s = lease.age.total_seconds() if lease is not None else None
     daemon["heartbeat_age_s"] = None if age_s is None else round(age_s, 3)
     checks = [c for c in payload["checks"] if c["name"] != "heartbeat"]
+    reasons = [r for r in payload["block_reasons"] if r not in ("daemon_not_running", "heartbeat_stale")]
     if current is None or lease is None or lease.released_at is not None or daemon["state"] == "stopped":
         daemon["state"] = "stopped"
-        checks.append({"name": "heartbeat", "status": "blocked", "reason": "daemon_not_running",
-                       "detail": "the daemon is not running"})
+        heartbeat = {"name": "heartbeat", "status": "blocked", "reason": "daemon_not_running",
+                     "detail": "the daemon is not running"}
     elif not lease_is_fresh(lease):
         limit_s = lease.heartbeat_interval.total_seconds() * LEASE_STALE_INTERVALS
-        checks.append({"name": "heartbeat", "status": "blocked", "reason": "heartbeat_stale",
-                       "detail": f"last heartbeat {age_s:.1f} s ago (stale after {limit_s:g} s)"})
+        heartbeat = {"name": "heartbeat", "status": "blocked", "reason": "heartbeat_stale",
+                     "detail": f"last heartbeat {age_s:.1f} s ago (stale after {limit_s:g} s)"}
     else:
-        checks.append({"name": "heartbeat", "status": "ok", "reason": "",
-                       "detail": f"last heartbeat {age_s:.1f} s ago"})
+        heartbeat = {"name": "heartbeat", "status": "ok", "reason": "", "detail": f"last heartbeat {age_s:.1f} s ago"}
         lag_s = _snapshot_lag_s(lease, payload)
         if lag_s is not None and lag_s >= lease.heartbeat_interval.total_seconds() * LEASE_STALE_INTERVALS:
             checks = [c for c in checks if c["name"] != "database"]
             checks.append({"name": "database", "status": "degraded", "reason": "db_unavailable",
                            "detail": f"the daemon is alive but its last snapshot is {lag_s:.1f} s old: "
                                      "its database writes are behind (journaling)"})
-    payload["checks"] = checks
-    reasons = [r for r in payload["block_reasons"] if r not in ("daemon_not_running", "heartbeat_stale")]
-    reasons += [c["reason"] for c in checks if c["name"] == "heartbeat" and c["status"] == "blocked"]
-    payload["block_reasons"] = reasons
-    payload["verdict"] = verdict_of(c["status"] for c in checks)
+    daemon["responding"] = heartbeat["status"] == "ok"
+    if not daemon["responding"]:
+        checks = [{**c, "status": "unknown"} for c in checks]
+        reasons = []
+        lag_s = (_snapshot_lag_s(lease, payload) or 0.0) if lease is not None else 0.0
+        daemon["snapshot_age_s"] = None if age_s is None or current is None else round(age_s + max(lag_s, 0.0), 1)
+    payload["checks"] = [*checks, heartbeat]
+    payload["block_reasons"] = reasons + ([heartbeat["reason"]] if heartbeat["status"] == "blocked" else [])
+    payload["verdict"] = verdict_of(c["status"] for c in payload["checks"])
     payload["lamp"] = LAMP[payload["verdict"]]
     return payload
 
@@ -146,6 +151,7 @@ def account_get() -> dict[str, Any] | None:
     return {
         "account": snap.account,
         "net_liquidation": _num(snap.net_liquidation),
+        "available_funds": snap.data.get("available_funds"),
         "buying_power": _num(snap.buying_power),
         "maintenance_margin": _num(snap.maintenance_margin),
         "cash": _num(snap.cash),

@@ -20,11 +20,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def _fresh_throttles():
-    """Throttle counters live in the cache: each test starts with none."""
-    from django.core.cache import cache
+def _fresh_throttles(request):
+    """Throttle counters live in the cache (a database table): each test that can reach it starts with none."""
+    if request.node.get_closest_marker("django_db") or {"db", "transactional_db"} & set(request.fixturenames):
+        from django.core.cache import cache
 
-    cache.clear()
+        cache.clear()
 
 
 @pytest.fixture(autouse=True)

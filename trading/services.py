@@ -395,7 +395,7 @@ def _write_account(data: Mapping[str, Any]) -> None:
     AccountSnapshot.objects.create(
         ts=_ts(data["ts"]), account=data.get("account", ""), net_liquidation=_dec(data.get("net_liquidation")),
         buying_power=_dec(data.get("buying_power")), maintenance_margin=_dec(data.get("maintenance_margin")),
-        cash=_dec(data.get("cash")), data=data.get("data", {}),
+        cash=_dec(data.get("cash")), data={**data.get("data", {}), "available_funds": data.get("available_funds")},
     )
 
 

@@ -43,6 +43,11 @@ def test_operator_pauses_resumes_sees_a_dead_daemon_and_starts_it_again(system, 
         wait_until(lambda: _lamp(browser) == "green", 45, "a green lamp with the daemon running")
     finally:
         shot(browser, "lamp-first")
+    legs = wait_until(lambda: [r.text for r in browser.find_elements("css selector", "#legs tr") if "NVDA" in r.text],
+                      15, "the managed legs with their quotes and greeks")
+    assert len(legs) == 2 and all(("ATM" in r or "ITM" in r or "OTM" in r) and "%" in r for r in legs)
+    assert "USD" in browser.find_element("id", "account").text  # net liquidation, available funds, buying power
+    assert browser.find_element("id", "account-stale").get_attribute("hidden") is not None
     shot(browser, "lamp-green")
 
     _press(browser, "pause")
@@ -62,6 +67,10 @@ def test_operator_pauses_resumes_sees_a_dead_daemon_and_starts_it_again(system, 
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: _lamp(browser) == "red" and "heartbeat_stale" in browser.find_element("id", "reasons").text,
                10, "red with heartbeat_stale")
+    wait_until(lambda: browser.find_element("id", "as-of").is_displayed(), 5, "the figures marked as of their time")
+    statuses = [c.text for c in browser.find_elements("css selector", "#checks td:nth-child(2)")]
+    assert "ok" not in statuses and "unknown" in statuses  # a dead daemon's last "ok" is not shown as ok
+    assert "not responding" in browser.find_element("id", "as-of").text
     shot(browser, "lamp-dead-daemon")
 
     _press(browser, "start")

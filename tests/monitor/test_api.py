@@ -215,3 +215,25 @@ def test_a_judged_status_is_reused_for_a_fifth_of_a_second_then_read_again(viewe
     built_at, reused = selectors._recent
     monkeypatch.setattr(selectors, "_recent", (built_at - selectors.STATUS_REUSE_S, reused))  # 0.2 s later
     assert viewer_api.get("/api/status/").json()["market"]["symbol"] == "NVDA"
+
+
+def test_a_silent_daemons_checks_are_unknown_and_its_figures_carry_their_age(viewer_api):
+    from trading.models import DaemonLease
+    from trading.services import lease_acquire
+
+    lease = lease_acquire(mode="sim", heartbeat_s=1.0)
+    DaemonLease.objects.update(heartbeat_at=timezone.now() - timedelta(seconds=30))
+    payload = {"lamp": "green", "verdict": "ok", "block_reasons": [], "checks": [
+        {"name": "market_data", "status": "ok", "reason": "", "detail": "last quote 169 ms old"},
+        {"name": "hedging", "status": "ok", "reason": "", "detail": "all gates open"}],
+        "daemon": {"state": "running", "lease": lease.token}, "trading": {"state": "monitor"},
+        "ts": (timezone.now() - timedelta(seconds=30)).isoformat()}
+    StatusCurrent.objects.create(id=1, ts=timezone.now(), daemon_state="running", trading_state="monitor",
+                                 verdict="ok", payload=payload)
+
+    status = viewer_api.get("/api/status/").json()
+
+    assert status["lamp"] == "red" and status["block_reasons"] == ["heartbeat_stale"]
+    assert {c["name"]: c["status"] for c in status["checks"]} == {"market_data": "unknown", "hedging": "unknown",
+                                                                  "heartbeat": "blocked"}
+    assert status["daemon"]["responding"] is False and status["daemon"]["snapshot_age_s"] >= 29

@@ -20,6 +20,7 @@ class AccountSummary:
     cash: float | None
     ts: datetime
     extra: dict[str, float | str] = field(default_factory=dict)
+    available_funds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -242,7 +242,7 @@ class IBBroker:
                                         "UnrealizedPnL", "RealizedPnL", "EquityWithLoanValue", "AccountType")
                  if k in by_tag}
         return AccountSummary(self.account, num("NetLiquidation"), num("BuyingPower"), num("MaintMarginReq"),
-                              num("TotalCashValue"), self.clock(), extra)
+                              num("TotalCashValue"), self.clock(), extra, num("AvailableFunds"))
 
     async def subscribe(self, symbol: str, legs: Sequence[Contract]) -> None:
         self._require_connected()

@@ -113,7 +113,7 @@ class SimBroker:
     async def account_summary(self) -> AccountSummary:
         v = self.book.values(self.account)
         return AccountSummary(self.account, v.net_liquidation_usd, v.buying_power_usd, v.maint_margin_usd, v.cash_usd,
-                              self.clock())
+                              self.clock(), available_funds=v.available_funds_usd)
 
     async def subscribe(self, symbol: str, legs: Sequence[Contract]) -> None:
         self._legs = list(legs)

@@ -743,13 +743,17 @@ class Engine:
         for leg in self.book.legs.values():
             c = leg.contract
             price, delta, gamma, theta, vega = leg.greeks
+            holding = self.pnl.holdings.get(str(c.con_id))
             legs.append({
                 "con_id": c.con_id, "symbol": c.symbol, "local_symbol": c.local_symbol, "right": c.right,
                 "strike": c.strike, "expiry": c.expiry.isoformat() if c.expiry else None, "qty": leg.qty,
                 "multiplier": c.multiplier, "bid": leg.bid, "ask": leg.ask, "mid": leg.mid, "iv": leg.iv,
                 "iv_source": leg.iv_source, "model_price": _finite(price), "delta": _finite(delta),
                 "gamma": _finite(gamma), "theta": _finite(theta), "vega": _finite(vega),
+                "avg_cost": holding.avg_cost if holding is not None else None,
+                "pnl_usd": holding.realized_usd + holding.unrealized_usd if holding is not None else None,
                 "moneyness": (self.spot / c.strike) if self.spot and c.strike else None,
+                "in_the_money": moneyness_label(c.right, self.spot, c.strike), "settled": leg.settled,
             })
         return {
             "trading": {"state": str(self.state), "paused": self.paused, "halted": bool(self.halt_reason),
@@ -883,6 +887,18 @@ def _next_et_midnight(day: date) -> float:
 def valid_quote(bid: float, ask: float) -> bool:
     """IB sends -1, 0 and NaN for 'no price': such a quote is not a quote."""
     return math.isfinite(bid) and math.isfinite(ask) and bid > 0 and ask > 0 and ask >= bid
+
+
+ATM_BAND_FRAC = 0.01  # within 1 % of the strike a leg reads as at the money
+
+
+def moneyness_label(right: str | None, spot: float | None, strike: float | None) -> str | None:
+    """ITM, OTM or ATM for a call or put at `spot`."""
+    if not spot or not strike or right not in ("C", "P"):
+        return None
+    if abs(spot / strike - 1.0) < ATM_BAND_FRAC:
+        return "ATM"
+    return "ITM" if (spot > strike) == (right == "C") else "OTM"
 
 
 def _finite(x: float) -> float | None:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from trading.core.gates import Counters, GateState, standing_reasons
 from trading.core.params import StrategyParams
 
-_RANK = {"ok": 0, "degraded": 1, "blocked": 2}
+# `unknown` (a check of a daemon that no longer answers) is worse than ok, never mistaken for ok.
+_RANK = {"ok": 0, "degraded": 1, "unknown": 1, "blocked": 2}
 # A standing gate that is the operator's choice or the calendar's, not a fault: yellow, not red.
 _EXPECTED_BLOCKS = frozenset({"paused", "outside_trading_hours", "earnings_blackout", "no_option_position",
                               "near_expiry"})
@@ -17,7 +18,7 @@ NEAR_LIMIT_FRAC = 0.8
 @dataclass(frozen=True, slots=True)
 class Check:
     name: str
-    status: str  # ok | degraded | blocked
+    status: str  # ok | degraded | blocked (| unknown, set by the web for a daemon that no longer answers)
     reason: str = ""
     detail: str = ""
 
@@ -93,8 +94,9 @@ def self_check(view: HealthView, params: StrategyParams, counters: Counters) -> 
 
 
 def verdict_of(statuses: Iterable[str]) -> str:
-    """The worst status: blocked over degraded over ok."""
-    return max(statuses, key=_RANK.__getitem__, default="ok")
+    """The worst status: blocked over degraded (and unknown) over ok; always ok, degraded or blocked."""
+    worst = max(statuses, key=_RANK.__getitem__, default="ok")
+    return "degraded" if worst == "unknown" else worst
 
 
 _CHECK_NAME = {

@@ -434,8 +434,9 @@ class Daemon:
     async def _refresh_account(self) -> None:
         summary = await self.broker.account_summary()
         self._account = {"account": summary.account, "net_liquidation": summary.net_liquidation,
-                         "buying_power": summary.buying_power, "maintenance_margin": summary.maintenance_margin,
-                         "cash": summary.cash, "fetched_at": summary.ts.isoformat()}
+                         "available_funds": summary.available_funds, "buying_power": summary.buying_power,
+                         "maintenance_margin": summary.maintenance_margin, "cash": summary.cash,
+                         "fetched_at": summary.ts.isoformat()}
         await self._refresh_positions()
         self._put("account", {"ts": summary.ts.isoformat(), **{k: v for k, v in self._account.items()
                                                                   if k != "fetched_at"}})

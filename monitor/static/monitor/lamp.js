@@ -52,6 +52,27 @@ function render(s) {
   const p = s.pnl || {};
   dl($("pnl"), [["daily P&L", signed(p.daily_usd, 2, " USD")], ["realized", signed(p.realized_usd, 2, " USD")],
     ["unrealized", signed(p.unrealized_usd, 2, " USD")], ["hedges today", (s.counters || {}).daily_hedges ?? 0]]);
+  const a = s.account || {};
+  dl($("account"), [["account", a.account || "–"], ["net liquidation", fmt(a.net_liquidation, 0, " USD")],
+    ["available funds", fmt(a.available_funds, 0, " USD")], ["buying power", fmt(a.buying_power, 0, " USD")],
+    ["fetched", a.fetched_at ? new Date(a.fetched_at).toLocaleTimeString() : "never"]]);
+  const accountStale = d.responding === false ? "stale: daemon not responding" : !d.broker_connected ? "stale: broker disconnected" : "";
+  $("account-stale").hidden = !accountStale;
+  $("account-stale").textContent = accountStale;
+  const legs = (s.book && s.book.legs) || [];
+  $("legs").innerHTML = legs.length ? legs.map((l) => `<tr><td>${esc(l.local_symbol || l.symbol)}${l.settled !== null && l.settled !== undefined ? ' <span class="tag">settled</span>' : ""}</td>`
+    + `<td class="num">${fmt(l.qty, 0)}</td><td class="num">${fmt(l.bid)} / ${fmt(l.ask)}</td><td class="num">${fmt(l.mid)}</td>`
+    + `<td class="num">${fmt(l.iv === null ? null : l.iv * 100, 1, " %")} <span class="muted small">${esc(l.iv_source || "")}</span></td>`
+    + `<td class="num">${fmt(l.delta, 3)}</td><td class="num">${fmt(l.gamma, 4)}</td><td class="num">${fmt(l.theta, 3)}</td>`
+    + `<td class="num">${fmt(l.vega, 3)}</td><td class="num">${signed(l.pnl_usd, 2)}</td>`
+    + `<td>${esc(l.in_the_money || "–")} <span class="muted small">${fmt(l.moneyness, 3)}</span></td></tr>`).join("")
+    : '<tr><td colspan="11" class="muted">no managed legs</td></tr>';
+  // A daemon that no longer answers: its figures are its last words, shown greyed with their age.
+  const stale = d.responding === false && s.ts;
+  document.querySelectorAll(".figures").forEach((el) => el.classList.toggle("stale", !!stale));
+  $("as-of").hidden = !stale;
+  if (stale) $("as-of").textContent = `The daemon is not responding: figures as of ${new Date(s.ts).toLocaleTimeString()}`
+    + (d.snapshot_age_s !== null && d.snapshot_age_s !== undefined ? ` (${fmt(d.snapshot_age_s, 0)} s ago)` : "") + ", checks unknown.";
 
   $("checks").innerHTML = (s.checks || []).map((c) => `<tr><td>${esc(c.name)}</td><td class="st-${c.status}">${c.status}</td>`
     + `<td>${esc(c.reason)}</td><td>${esc(c.detail)}</td></tr>`).join("");
