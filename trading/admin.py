@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote_plus
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 
 from trading.daemon.journal import DEAD_LETTER_NAME, rejected_records
 from trading.models import (
@@ -56,7 +59,15 @@ class OperationAdmin(ReadOnlyAdmin):
 @admin.register(Order)
 class OrderAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "order_ref", "intent", "side", "qty", "symbol", "order_type", "state",
-                    "filled_qty", "avg_price", "message")
+                    "filled_qty", "avg_price", "account", "mode", "trace", "message")
+
+    @admin.display(description="decision, fills")
+    def trace(self, order: Order) -> str:
+        """One click from an order to the decision that sent it and to its executions."""
+        ref = quote_plus(order.order_ref)
+        return format_html('<a href="{}">decision</a> · <a href="{}">fills</a>',
+                           f"{reverse('admin:trading_decision_changelist')}?order_ref={ref}",
+                           f"{reverse('admin:trading_fill_changelist')}?order_ref={ref}")
     list_filter = ("state", "intent", "side", ("created_at", admin.DateFieldListFilter))
     search_fields = ("order_ref", "message")
     date_hierarchy = "created_at"

@@ -127,8 +127,72 @@ class ControlCommand(models.Model):
 class Operation(models.Model):
     """The operations log: every command, state transition, order event, block and halt, with who and why."""
 
+    class Kind(models.TextChoices):
+        """Every kind of operation there is (README: the operations log); a new feature adds its kinds here."""
+
+        # operators and the control queue
+        COMMAND = "command", "command queued"
+        COMMAND_ACKED = "command_acked"
+        COMMAND_DONE = "command_done"
+        COMMAND_REJECTED = "command_rejected"
+        COMMAND_EXPIRED = "command_expired"
+        PAUSE = "pause"
+        RESUME = "resume"
+        FLATTEN = "flatten"
+        RESET_HALT = "reset_halt"
+        STOP = "stop"
+        CONFIG_ACTIVATED = "config_activated"
+        ALERT_ACKED = "alert_acked"
+        ALERTS_SILENCED = "alerts_silenced"
+        # the daemon's life
+        DAEMON_START = "daemon_start"
+        DAEMON_STOP = "daemon_stop"
+        DAEMON_STATE = "daemon_state"
+        LEASE_TAKEOVER = "lease_takeover"
+        LEASE_LOST = "lease_lost"
+        LEASE_UNCONFIRMED = "lease_unconfirmed"
+        LEASE_CONFIRMED = "lease_confirmed"
+        EDGE = "edge", "edge safety (lease, journal, clock) changed"
+        PERIODIC_FAILED = "periodic_failed"
+        PERIODIC_RECOVERED = "periodic_recovered"
+        JOURNAL_TORN = "journal_torn"
+        RECORD_REJECTED = "record_rejected"
+        # the broker and reconciliation
+        BROKER = "broker"
+        CLOCK_SKEW = "clock_skew"
+        CLOCK_OK = "clock_ok"
+        RECONCILE = "reconcile"
+        RECONCILE_MISMATCH = "reconcile_mismatch"
+        FOREIGN_IGNORED = "foreign_ignored"
+        # the book
+        LEG_ADOPTED = "leg_adopted"
+        LEG_NOT_ADOPTED = "leg_not_adopted"
+        LEG_SETTLED = "leg_settled"
+        NEW_TRADING_DAY = "new_trading_day"
+        TRADING_STATE = "trading_state"
+        HALT = "halt"
+        HEDGE_BLOCKED = "hedge_blocked"
+        FLATTEN_DONE = "flatten_done"
+        FLATTEN_FAILED = "flatten_failed"
+        # orders and fills
+        ORDER_SENT = "order_sent"
+        ORDER_WORKING = "order_working"
+        ORDER_PARTIAL = "order_partial"
+        ORDER_FILLED = "order_filled"
+        ORDER_CANCELLED = "order_cancelled"
+        ORDER_REJECTED = "order_rejected"
+        ORDER_UNKNOWN = "order_unknown"
+        ORDER_CANCEL = "order_cancel", "cancel sent"
+        ORDER_CANCEL_FAILED = "order_cancel_failed"
+        ORDER_SUPPRESSED = "order_suppressed"
+        ORDER_ADOPTED = "order_adopted"
+        FILL = "fill"
+        FILL_RECOVERED = "fill_recovered"
+        FILL_CORRECTED = "fill_corrected"
+        FILL_IGNORED = "fill_ignored"
+
     ts = models.DateTimeField(db_index=True)
-    kind = models.CharField(max_length=40, db_index=True)
+    kind = models.CharField(max_length=40, db_index=True, choices=Kind.choices)
     actor = models.CharField(max_length=150, default="daemon")
     message = models.TextField()
     order_ref = models.CharField(max_length=64, blank=True, db_index=True)
@@ -154,6 +218,7 @@ class Order(models.Model):
     order_ref = models.CharField(max_length=64, unique=True)
     intent = models.CharField(max_length=10, default="hedge")  # hedge | flatten
     account = models.CharField(max_length=32, blank=True)
+    mode = models.CharField(max_length=10, blank=True)  # sim | paper | live
     symbol = models.CharField(max_length=20)
     side = models.CharField(max_length=4)
     qty = models.FloatField()
@@ -205,6 +270,7 @@ class Decision(models.Model):
     allowed = models.BooleanField()
     reasons = models.JSONField(default=list)
     intent_shares = models.FloatField()
+    order_shares = models.FloatField(null=True, blank=True)  # after rounding, the per-order cap and the clip
     net_delta_shares = models.FloatField()
     spot = models.FloatField(null=True, blank=True)
     trading_state = models.CharField(max_length=20)

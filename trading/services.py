@@ -268,7 +268,7 @@ def order_intents_write(intents: Iterable[Mapping[str, Any]]) -> int:
     for data in intents:
         ts = _ts(data["ts"])
         _, new = Order.objects.get_or_create(order_ref=data["order_ref"], defaults=dict(
-            intent=data["intent"], account=data.get("account", ""), symbol=data["symbol"], side=data["side"],
+            intent=data["intent"], account=data.get("account", ""), mode=data.get("mode", ""), symbol=data["symbol"], side=data["side"],
             qty=data["qty"], order_type=data["order_type"], limit_price=_dec(data.get("limit_price")), state="sent",
             spot_at_decision=data.get("spot_at_decision"), params_hash=data.get("params_hash", ""),
             message="recovered from the journal: placed, outcome unknown until reconciled", created_at=ts,
@@ -304,7 +304,8 @@ def _write_operation(data: Mapping[str, Any]) -> None:
 def _write_decision(data: Mapping[str, Any]) -> None:
     Decision.objects.create(
         ts=_ts(data["ts"]), allowed=data["allowed"], reasons=list(data["reasons"]),
-        intent_shares=data["intent_shares"], net_delta_shares=data["net_delta_shares"], spot=data.get("spot"),
+        intent_shares=data["intent_shares"], order_shares=data.get("order_shares"),
+        net_delta_shares=data["net_delta_shares"], spot=data.get("spot"),
         trading_state=data["trading_state"], classification=data.get("classification", ""),
         order_ref=data.get("order_ref", ""), params_hash=data.get("params_hash", ""),
     )
@@ -315,7 +316,7 @@ def _write_order(data: Mapping[str, Any]) -> None:
     ref = data["order_ref"]
     if "side" in data:  # a new order
         Order.objects.update_or_create(order_ref=ref, defaults=dict(
-            intent=data["intent"], account=data.get("account", ""), symbol=data["symbol"], side=data["side"], qty=data["qty"],
+            intent=data["intent"], account=data.get("account", ""), mode=data.get("mode", ""), symbol=data["symbol"], side=data["side"], qty=data["qty"],
             order_type=data["order_type"], limit_price=_dec(data.get("limit_price")), state=data["state"],
             spot_at_decision=data.get("spot_at_decision"), params_hash=data.get("params_hash", ""),
             created_at=ts, updated_at=ts,

@@ -71,6 +71,7 @@ def test_hedge_loop_adopts_the_straddle_hedges_and_records_everything(daemon_fac
     assert order.state == "filled" and order.filled_qty == order.qty
     decision = Decision.objects.get(order_ref=order.order_ref)
     assert decision.allowed and decision.reasons == [] and abs(decision.intent_shares) >= 25
+    assert abs(decision.order_shares) == order.qty and (order.account, order.mode) == ("SIM", "sim")
     kinds = set(Operation.objects.values_list("kind", flat=True))
     assert {"leg_adopted", "order_sent", "order_working", "fill", "order_filled"} <= kinds
     assert abs(status["book"]["net_delta_shares"]) < 25

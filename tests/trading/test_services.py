@@ -292,3 +292,39 @@ def test_editing_a_config_in_the_admin_saves_a_new_version_and_refuses_bad_param
     assert original.params["cooldown_s"] == 60 and original.active
     newest = StrategyConfig.objects.exclude(pk=original.pk).get()
     assert newest.params["cooldown_s"] == 30 and not newest.active
+
+
+def test_every_operation_kind_the_code_writes_is_a_documented_choice():
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    literal = re.compile(r'(?:_operation\((?:actions, )?|operation_log\(kind=|"kind": )"([a-z_]+)"')
+    written = {m for package in ("trading", "monitor", "backtests") for path in (repo / package).rglob("*.py")
+               if "migrations" not in path.parts for m in literal.findall(path.read_text())}
+    dynamic = {f"command_{s}" for s in ("done", "rejected", "expired")} | {
+        f"order_{s}" for s in ("sent", "working", "partial", "filled", "cancelled", "rejected", "unknown")} | {
+        "flatten_done", "flatten_failed", "pause", "resume", "reset_halt", "flatten", "stop", "clock_ok"}
+
+    assert written, "the scan found nothing: the pattern is stale"
+    not_operations = {"straddle", "alert_test", "command_"}  # a start position, an alert payload, a prefix
+    assert (written | dynamic) - not_operations <= set(Operation.Kind.values), sorted(
+        (written | dynamic) - not_operations - set(Operation.Kind.values))
+
+
+def test_an_order_in_the_admin_links_to_its_decision_and_its_fills(admin_client):
+    from trading.models import Decision
+
+    records_write(source="a", records=_numbered(_order("bifrost:a:1"), _fill("bifrost:a:1", "e1", "BUY", 50, 180.0)))
+    Decision.objects.create(ts=timezone.now(), allowed=True, reasons=[], intent_shares=50, order_shares=50,
+                            net_delta_shares=-50, trading_state="need_hedge", order_ref="bifrost:a:1")
+    Decision.objects.create(ts=timezone.now(), allowed=True, reasons=[], intent_shares=9, order_shares=9,
+                            net_delta_shares=-9, trading_state="need_hedge", order_ref="bifrost:a:2")
+
+    page = admin_client.get("/admin/trading/order/").content.decode()
+    decisions = admin_client.get("/admin/trading/decision/", {"order_ref": "bifrost:a:1"}).context["cl"].result_list
+    fills = admin_client.get("/admin/trading/fill/", {"order_ref": "bifrost:a:1"}).context["cl"].result_list
+
+    assert "/admin/trading/decision/?order_ref=bifrost%3Aa%3A1" in page and "/admin/trading/fill/?order_ref=" in page
+    assert [d.order_shares for d in decisions] == [50]
+    assert [f.exec_id for f in fills] == ["e1"]

@@ -236,8 +236,8 @@ class Daemon:
                     self._spawn(self._cancel(action), "order-io")
             elif isinstance(action, Record):
                 data = action.data
-                if action.kind == "order" and "side" in data:  # a new order row says which account it is in
-                    data = {**data, "account": self.broker.account}
+                if action.kind == "order" and "side" in data:  # a new order row says where it was sent
+                    data = {**data, "account": self.broker.account, "mode": self.broker.mode}
                 self._put(action.kind, data)
                 if action.kind in ("order", "fill"):
                     self._history_due = True
