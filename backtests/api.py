@@ -1,4 +1,6 @@
-"""API for backtests, sweeps and statistics (DESIGN §6): queue, poll progress, read results, cancel."""
+"""API for backtests, sweeps and statistics (DESIGN §6): queue, poll progress, read results, cancel. Viewers read;
+queueing needs the researcher or operator role and is throttled per user (scope "queue"); cancelling is for the
+run's researcher or any operator (`backtests.selectors.cancel_allowed`)."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,16 +8,21 @@ from typing import Any
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, Throttled, ValidationError
 from rest_framework.pagination import CursorPagination
+from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle, ScopedRateThrottle
 from rest_framework.views import APIView
 
 from backtests import services
 from backtests.models import BacktestRun, MarketDataset, Sweep
+from backtests.selectors import CANCEL_REFUSED, cancel_allowed
 from backtests.stats import PERIODS, stats_report
-from monitor.permissions import CanView
+from backtests.throttles import QUEUE_SCOPE, queue_throttled_reason
+from bifrost.jsonlimits import storable_json
+from monitor.permissions import CanQueue, CanView
 from trading.errors import BifrostError
 
 
@@ -62,8 +69,27 @@ class SweepSerializer(serializers.ModelSerializer):
                   "results"]
 
 
-class BacktestRunListCreateApi(generics.ListAPIView):
-    permission_classes = [CanView]
+class _ListQueueApi(generics.ListAPIView):
+    """GET lists (viewers); POST queues (researchers and operators, within the per-user queue budget)."""
+
+    throttle_scope = QUEUE_SCOPE
+
+    def get_permissions(self) -> list[BasePermission]:
+        return [CanQueue()] if self.request.method == "POST" else [CanView()]
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        return [ScopedRateThrottle()] if self.request.method == "POST" else []
+
+    def throttled(self, request: Request, wait: float | None) -> None:
+        raise Throttled(wait, detail=queue_throttled_reason() + ".")
+
+
+def _cancel_check(request: Request, record: BacktestRun | Sweep) -> None:
+    if not cancel_allowed(user=request.user, record=record):
+        raise PermissionDenied(CANCEL_REFUSED)
+
+
+class BacktestRunListCreateApi(_ListQueueApi):
     pagination_class = NewestFirst
     serializer_class = BacktestRunSummarySerializer
     queryset = BacktestRun.objects.all()
@@ -73,8 +99,8 @@ class BacktestRunListCreateApi(generics.ListAPIView):
             ref_name = "BacktestRunInput"
 
         dataset = serializers.IntegerField(required=False, allow_null=True, default=None)
-        synthetic = serializers.DictField(required=False, allow_null=True, default=None)
-        params = serializers.DictField(required=False, default=dict)
+        synthetic = serializers.DictField(required=False, allow_null=True, default=None, validators=[storable_json])
+        params = serializers.DictField(required=False, default=dict, validators=[storable_json])
         start_position = serializers.CharField(required=False, default="straddle:10", max_length=40)
 
     @extend_schema(request=InputSerializer, responses={201: BacktestRunSummarySerializer})
@@ -104,8 +130,10 @@ class BacktestRunCancelApi(APIView):
 
     @extend_schema(request=None, responses={200: BacktestRunSummarySerializer})
     def post(self, request: Request, run_id: int) -> Response:
+        run = _run(run_id)
+        _cancel_check(request, run)
         try:
-            run = services.backtest_run_cancel(run=_run(run_id), user=request.user.get_username())
+            run = services.backtest_run_cancel(run=run, user=request.user.get_username())
         except BifrostError as exc:
             raise _refused(exc) from exc
         return Response(BacktestRunSummarySerializer(run).data)
@@ -118,8 +146,7 @@ def _run(run_id: int) -> BacktestRun:
     return run
 
 
-class SweepListCreateApi(generics.ListAPIView):
-    permission_classes = [CanView]
+class SweepListCreateApi(_ListQueueApi):
     pagination_class = NewestFirst
     serializer_class = SweepSerializer
     queryset = Sweep.objects.all()
@@ -129,9 +156,10 @@ class SweepListCreateApi(generics.ListAPIView):
             ref_name = "SweepInput"
 
         dataset = serializers.IntegerField(required=False, allow_null=True, default=None)
-        synthetic = serializers.DictField(required=False, allow_null=True, default=None)
-        grid = serializers.JSONField(help_text="{name: [values]} (every combination) or [{name: value}, ...]")
-        base = serializers.DictField(required=False, default=dict)
+        synthetic = serializers.DictField(required=False, allow_null=True, default=None, validators=[storable_json])
+        grid = serializers.JSONField(help_text="{name: [values]} (every combination) or [{name: value}, ...]",
+                                     validators=[storable_json])
+        base = serializers.DictField(required=False, default=dict, validators=[storable_json])
         objective = serializers.ChoiceField(choices=Sweep.Objective.values, default=Sweep.Objective.PNL)
         start_position = serializers.CharField(required=False, default="straddle:10", max_length=40)
         name = serializers.CharField(required=False, default="", allow_blank=True, max_length=200)
@@ -164,8 +192,10 @@ class SweepCancelApi(APIView):
 
     @extend_schema(request=None, responses={200: SweepSerializer})
     def post(self, request: Request, sweep_id: int) -> Response:
+        sweep = _sweep(sweep_id)
+        _cancel_check(request, sweep)
         try:
-            sweep = services.sweep_cancel(sweep=_sweep(sweep_id), user=request.user.get_username())
+            sweep = services.sweep_cancel(sweep=sweep, user=request.user.get_username())
         except BifrostError as exc:
             raise _refused(exc) from exc
         return Response(SweepSerializer(sweep).data)

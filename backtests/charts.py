@@ -1,6 +1,7 @@
 """Small server-side SVG charts for the result pages: no JavaScript, no vendored library, readable as they are."""
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from html import escape
@@ -76,15 +77,31 @@ def bar_chart(items: Sequence[tuple[str, float]], unit: str) -> SafeString:
     return mark_safe(f'<div class="bars">{rows}</div>')  # noqa: S308  escaped above
 
 
-def heat_map(x_name: str, y_name: str, cells: dict[tuple[object, object], float], unit: str) -> SafeString:
-    """Objective over two parameters of a sweep: one cell per (x, y) pair, greener is better."""
+def value_label(value: object) -> str:
+    """A parameter value as an axis label: hashable text, lists and mappings as compact JSON."""
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def _label_order(label: str) -> tuple[int, float, str]:
+    """Numbers in numeric order first, then any other text in text order."""
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def heat_map(x_name: str, y_name: str, cells: dict[tuple[str, str], float], unit: str) -> SafeString:
+    """Objective over two parameters of a sweep: one cell per (x, y) pair of value labels (`value_label`), greener
+    is better."""
     if not cells:
         return mark_safe('<p class="muted">the sweep varies fewer than two parameters</p>')
-    xs = sorted({k[0] for k in cells}, key=str)
-    ys = sorted({k[1] for k in cells}, key=str)
+    xs = sorted({k[0] for k in cells}, key=_label_order)
+    ys = sorted({k[1] for k in cells}, key=_label_order)
     lo, hi = min(cells.values()), max(cells.values())
     shade = _scale(lo, hi, 0.0, 1.0)
-    head = "".join(f"<th>{escape(str(x))}</th>" for x in xs)
+    head = "".join(f"<th>{escape(x)}</th>" for x in xs)
     rows = ""
     for y in ys:
         row = ""
@@ -96,7 +113,7 @@ def heat_map(x_name: str, y_name: str, cells: dict[tuple[object, object], float]
             t = shade(value)
             row += (f'<td style="background: rgba({int(255 * (1 - t))}, {int(180 * t + 60)}, 90, .55)">'
                     f"{value:,.1f}</td>")
-        rows += f"<tr><th>{escape(str(y))}</th>{row}</tr>"
+        rows += f"<tr><th>{escape(y)}</th>{row}</tr>"
     return mark_safe(  # noqa: S308  escaped above
         f'<table class="heat"><caption>{escape(unit)}: rows {escape(y_name)}, columns {escape(x_name)}</caption>'
         f"<tr><th></th>{head}</tr>{rows}</table>")

@@ -1,5 +1,5 @@
-"""Backtest records: market datasets, backtest runs and parameter sweeps (django-q2 runs them), and the daily
-statistics rollup."""
+"""Backtest records: market datasets (and imports of large tick files), backtest runs and parameter sweeps (django-q2
+runs them), and the daily statistics rollup."""
 from __future__ import annotations
 
 from django.core.validators import MaxValueValidator
@@ -132,3 +132,32 @@ class DailyStats(models.Model):
 
     def __str__(self) -> str:
         return f"stats {self.trading_date}"
+
+
+class DatasetImport(models.Model):
+    """A tick CSV too large to parse in the web request: staged under MEDIA_ROOT/imports/ and parsed by a django-q2
+    worker into a MarketDataset; a refused file keeps its line and reason in `error`, and nothing is stored."""
+
+    name = models.CharField(max_length=200)
+    original_name = models.CharField(max_length=300, blank=True)
+    file = models.FileField(upload_to="imports/", max_length=300, blank=True)  # the staged copy, deleted once parsed
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    state = models.CharField(max_length=10, choices=RunState.choices, default=RunState.QUEUED, db_index=True)
+    progress = models.PositiveSmallIntegerField(default=0, validators=[MaxValueValidator(100)])
+    error = models.TextField(blank=True)
+    dataset = models.ForeignKey(MarketDataset, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="imports")
+    task_id = models.CharField(max_length=64, blank=True)
+    created_by = models.CharField(max_length=150, default="system")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(progress__lte=100), name="import_progress_le_100"),
+        ]
+
+    def __str__(self) -> str:
+        return f"import #{self.pk} {self.name} ({self.state}, {self.progress} %)"

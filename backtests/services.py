@@ -1,5 +1,6 @@
-"""Business actions on backtests: datasets, queueing and cancelling runs and sweeps, executing them (the django-q2
-tasks call these), the statistics rollup, history retention and the scheduled jobs."""
+"""Business actions on backtests: datasets (and queued imports of large tick files), queueing and cancelling runs
+and sweeps, executing them (the django-q2 tasks call these), the statistics rollup, history retention and the
+scheduled jobs."""
 from __future__ import annotations
 
 import hashlib
@@ -15,14 +16,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
-from django.core.files.base import ContentFile
+from django.core.files.base import ContentFile, File
 from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
 from backtests import data as tickdata
 from backtests.errors import BacktestStateError
-from backtests.models import ACTIVE_STATES, BacktestRun, DailyStats, MarketDataset, RunState, Sweep
+from backtests.models import ACTIVE_STATES, BacktestRun, DailyStats, DatasetImport, MarketDataset, RunState, Sweep
 from backtests.replay import Cancelled, parse_start_position, run_backtest
 from trading.core.calendar import trading_date
 from trading.core.gates import GATE_REASONS
@@ -31,9 +32,10 @@ from trading.errors import ConfigError, DataFileError
 from trading.models import Decision, StatusHistory
 
 log = logging.getLogger(__name__)
-MAX_SWEEP_SETS = 1000
 PROGRESS_MIN_INTERVAL_S = 0.25
 TASK_RUN = "backtests.tasks.backtest_run_task"
+TASK_IMPORT = "backtests.tasks.dataset_import_task"
+MB = 1024 * 1024
 SCHEDULES = (
     # (name, func, schedule type, minutes); both run once a day, after the US close.
     ("bifrost: daily stats rollup", "backtests.tasks.stats_rollup_task", "D"),
@@ -72,7 +74,7 @@ def dataset_import_csv(*, name: str, file: str | Path | IO[str], user: str, sour
 
 
 def dataset_synthetic_create(*, name: str, synthetic: Mapping[str, Any], user: str) -> MarketDataset:
-    spec = tickdata.SyntheticSpec.from_dict(synthetic)
+    spec = tickdata.SyntheticSpec.from_dict(synthetic_spec_check(synthetic=synthetic))
     return dataset_create(name=name, ticks=tickdata.generate(spec), source="synthetic", user=user,
                           meta={"synthetic": spec.to_dict()})
 
@@ -93,6 +95,81 @@ def dataset_from_history(*, name: str, since: datetime, until: datetime, user: s
         "cadence_note": f"one quote per StatusHistory snapshot (every {settings.BIFROST_HISTORY_S:g} s and at order "
                         "events), not every quote the daemon saw",
     })
+
+
+# ---- uploads: small files are parsed in the request (by the form), larger ones by a worker -----------------------
+
+
+def dataset_upload_check(*, size_bytes: int) -> bool:
+    """Refuse an upload over BIFROST_UPLOAD_MAX_MB (ConfigError on `csv_file` naming the limit). True when it is
+    small enough to parse in the web request, False when a worker must (`dataset_import_enqueue`)."""
+    limit_mb = float(settings.BIFROST_UPLOAD_MAX_MB)
+    if size_bytes > limit_mb * MB:
+        raise ConfigError("csv_file", f"the file is {size_bytes / MB:,.2f} MB; uploads are at most {limit_mb:g} MB "
+                                      "(BIFROST_UPLOAD_MAX_MB): import larger files with `manage.py import_ticks`")
+    return size_bytes <= settings.BIFROST_UPLOAD_INLINE_MAX_MB * MB
+
+
+def dataset_import_enqueue(*, name: str, upload: File, user: str) -> DatasetImport:
+    """Stage an uploaded tick CSV under MEDIA_ROOT/imports/ and queue its import for the django-q2 cluster."""
+    from django_q.tasks import async_task
+
+    size = int(upload.size or 0)
+    dataset_upload_check(size_bytes=size)
+    job = DatasetImport(name=(name.strip() or str(upload.name))[:200], original_name=str(upload.name)[:300],
+                        size_bytes=size, created_by=user)
+    job.file.save(f"{uuid.uuid4().hex}.csv", upload, save=False)
+
+    def push() -> None:
+        task_id = async_task(TASK_IMPORT, job.pk, task_name=f"import-{job.pk}", group="imports")
+        DatasetImport.objects.filter(pk=job.pk).update(task_id=str(task_id))
+
+    with transaction.atomic():
+        job.save()
+        transaction.on_commit(push)
+    return job
+
+
+class _ImportProgress:
+    """Rows parsed → the job's percentage, written at most every PROGRESS_MIN_INTERVAL_S."""
+
+    def __init__(self, job_id: int, total_lines: int) -> None:
+        self.job_id, self.total, self.done, self.last_write = job_id, max(total_lines, 1), 0, 0.0
+
+    def __call__(self, rows: int) -> None:
+        self.done += rows
+        now = time.monotonic()
+        if now - self.last_write >= PROGRESS_MIN_INTERVAL_S:
+            self.last_write = now
+            DatasetImport.objects.filter(pk=self.job_id).update(progress=min(99, int(100 * self.done / self.total)))
+
+
+def dataset_import_execute(*, import_id: int) -> str:
+    """Claim a queued import and parse it in full: a MarketDataset, or the refusal (line and reason) kept on the job
+    and nothing stored. The staged copy is deleted either way. Returns the final state; never raises for a bad file
+    (the queue must not retry it)."""
+    now = timezone.now()
+    if not DatasetImport.objects.filter(pk=import_id, state=RunState.QUEUED).update(state=RunState.RUNNING,
+                                                                                   started_at=now):
+        return str(DatasetImport.objects.filter(pk=import_id).values_list("state", flat=True).first() or "missing")
+    job = DatasetImport.objects.get(pk=import_id)
+    fields: dict[str, Any]
+    try:
+        path = Path(job.file.path)
+        dataset = dataset_import_csv(name=job.name, file=path, user=job.created_by, source="upload",
+                                     progress=_ImportProgress(job.pk, tickdata.count_lines(path)),
+                                     original_name=job.original_name)
+        fields = {"state": RunState.DONE, "dataset": dataset, "progress": 100}
+    except DataFileError as exc:
+        fields = {"state": RunState.FAILED, "error": f"refused, nothing imported: line {exc.line}: {exc.reason}"}
+    except (ConfigError, UnicodeDecodeError, OSError, ValueError) as exc:
+        fields = {"state": RunState.FAILED, "error": f"refused, nothing imported: {exc}"}
+    except Exception as exc:  # a bug must still end the job visibly instead of leaving it `running` for ever
+        log.exception("dataset import #%s failed", import_id)
+        fields = {"state": RunState.FAILED, "error": f"{type(exc).__name__}: {exc}"}
+    job.file.delete(save=False)
+    DatasetImport.objects.filter(pk=import_id).update(file="", finished_at=timezone.now(), **fields)
+    return str(fields["state"])
 
 
 def _sha256(path: Path) -> str:
@@ -128,12 +205,28 @@ def synthetic_ticks(synthetic: Mapping[str, Any]) -> tickdata.TickData:
 # ---- queueing -----------------------------------------------------------------------------------------------
 
 
+def synthetic_spec_check(*, synthetic: Mapping[str, Any]) -> dict[str, Any]:
+    """A synthetic spec, normalised (every setting explicit); refused (ConfigError naming `synthetic.<setting>`) when
+    invalid or when it makes more ticks than BIFROST_MAX_SYNTHETIC_TICKS (counted as `ticks_estimate`: 6.5-hour
+    sessions, or round the clock)."""
+    spec = tickdata.SyntheticSpec.from_dict(synthetic)
+    limit = int(settings.BIFROST_MAX_SYNTHETIC_TICKS)
+    ticks = spec.ticks_estimate()
+    if ticks > limit:
+        # Blame the days when they alone, at the default one-second ticks, are too many; else the fine tick_s.
+        at_one_second = ticks * spec.tick_s
+        field = "synthetic.days" if spec.tick_s >= 1.0 or at_one_second > limit else "synthetic.tick_s"
+        raise ConfigError(field, f"{spec.days} days of {spec.tick_s:g}-s ticks make {ticks:,} ticks; at most "
+                                 f"{limit:,} (BIFROST_MAX_SYNTHETIC_TICKS): fewer days or a longer tick_s")
+    return spec.to_dict()
+
+
 def _data_source(dataset: MarketDataset | None, synthetic: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Exactly one of a dataset or a synthetic spec; the spec comes back normalised (every setting explicit)."""
     if (dataset is None) == (synthetic is None):
         raise ConfigError("dataset", "give exactly one of a dataset or a synthetic spec")
     if synthetic is not None:
-        return tickdata.SyntheticSpec.from_dict(synthetic).to_dict()
+        return synthetic_spec_check(synthetic=synthetic)
     return None
 
 
@@ -167,9 +260,12 @@ def backtest_run_enqueue(*, dataset: MarketDataset | None = None, synthetic: Map
     return run
 
 
-def _param_sets(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
-                base: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every parameter set of a grid (cartesian product) or a list, over `base`; and the names that vary."""
+def sweep_param_sets(*, grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
+                     base: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every parameter set of a grid (cartesian product) or a list, over `base`; and the names that vary. Refused
+    (ConfigError naming the field): a bad base or set, an empty grid, more sets than BIFROST_MAX_SWEEP_RUNS."""
+    limit = int(settings.BIFROST_MAX_SWEEP_RUNS)
+    StrategyParams.from_dict(base)
     if isinstance(grid, Mapping):
         if not grid:
             raise ConfigError("grid", "name at least one parameter with a list of values")
@@ -179,12 +275,14 @@ def _param_sets(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
             if isinstance(values, str | bytes) or not isinstance(values, Sequence) or not values:
                 raise ConfigError(f"grid.{name}", "expected a non-empty list of values")
         count = math.prod(len(grid[n]) for n in names)
-        if count > MAX_SWEEP_SETS:
-            raise ConfigError("grid", f"{count} parameter sets; at most {MAX_SWEEP_SETS}")
+        if count > limit:
+            raise ConfigError("grid", f"{count:,} parameter sets; a sweep runs at most {limit:,} "
+                                      "(BIFROST_MAX_SWEEP_RUNS)")
         sets = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(grid[n] for n in names))]
     elif isinstance(grid, Sequence) and not isinstance(grid, str | bytes):
-        if not grid or len(grid) > MAX_SWEEP_SETS:
-            raise ConfigError("grid", f"expected 1..{MAX_SWEEP_SETS} parameter sets, got {len(grid)}")
+        if not grid or len(grid) > limit:
+            raise ConfigError("grid", f"expected 1..{limit:,} parameter sets (at most {limit:,}: "
+                                      f"BIFROST_MAX_SWEEP_RUNS), got {len(grid):,}")
         sets = []
         for i, entry in enumerate(grid):
             if not isinstance(entry, Mapping):
@@ -216,8 +314,7 @@ def sweep_enqueue(*, dataset: MarketDataset | None = None, synthetic: Mapping[st
         raise ConfigError("objective", f"expected one of {Sweep.Objective.values}, got {objective!r}")
     parse_start_position(start_position)
     base = dict(base or {})
-    StrategyParams.from_dict(base)
-    sets, names = _param_sets(grid, base)
+    sets, names = sweep_param_sets(grid=grid, base=base)
     with transaction.atomic():
         sweep = Sweep.objects.create(
             name=name[:200], dataset=dataset, synthetic=spec,

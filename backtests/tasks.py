@@ -17,3 +17,8 @@ def stats_rollup_task() -> int:
 
 def history_retention_task() -> dict[str, Any]:
     return services.history_retention()
+
+
+def dataset_import_task(import_id: int) -> str:
+    """Parse a staged tick CSV too large for the web request into a dataset (or record why it was refused)."""
+    return services.dataset_import_execute(import_id=import_id)

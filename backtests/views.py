@@ -14,8 +14,9 @@ from backtests import charts, services
 from backtests.errors import BacktestStateError
 from backtests.forms import BacktestRunForm, SweepForm
 from backtests.models import BacktestRun, Sweep
+from backtests.selectors import CANCEL_REFUSED, cancel_allowed
 from backtests.stats import PERIODS, stats_report
-from monitor.permissions import viewer_required
+from monitor.permissions import CanQueue, is_researcher, viewer_required
 from trading.errors import BifrostError
 
 # What the forms start with: a one-day synthetic market that anyone can replay without data.
@@ -26,14 +27,18 @@ DEMO_GRID = '{"cooldown_s": [0, 30, 120], "min_price_move_bps": [0, 10, 25]}'
 
 @viewer_required
 def backtest_list(request: HttpRequest) -> HttpResponse:
-    """The runs and sweeps, newest first, and the forms that queue them (the admin's forms, the API's services)."""
+    """The runs and sweeps, newest first, and the forms that queue them (the admin's forms, the API's services):
+    queueing needs the researcher or operator role, and spends the user's queue budget (the API's)."""
     user = request.user.get_username()
+    can_queue = is_researcher(request.user)
     run_form = BacktestRunForm(prefix="run", initial={"synthetic_text": DEMO_SYNTHETIC, "params_text": DEMO_PARAMS,
                                                       "start_position": "straddle:10"})
     sweep_form = SweepForm(prefix="sweep", initial={"synthetic_text": DEMO_SYNTHETIC, "grid_text": DEMO_GRID,
                                                     "base_text": DEMO_PARAMS, "start_position": "straddle:10"})
+    if request.method == "POST" and not can_queue:
+        return _list_page(request, run_form, sweep_form, can_queue=False, refusal=CanQueue.message, status=403)
     if request.method == "POST" and "queue_run" in request.POST:
-        run_form = BacktestRunForm(request.POST, prefix="run")
+        run_form = BacktestRunForm.for_request(request)(request.POST, prefix="run")
         if run_form.is_valid():
             data = run_form.cleaned_data
             try:
@@ -45,7 +50,7 @@ def backtest_list(request: HttpRequest) -> HttpResponse:
             else:
                 return redirect("backtest-detail", run_id=run.pk)
     elif request.method == "POST" and "queue_sweep" in request.POST:
-        sweep_form = SweepForm(request.POST, prefix="sweep")
+        sweep_form = SweepForm.for_request(request)(request.POST, prefix="sweep")
         if sweep_form.is_valid():
             data = sweep_form.cleaned_data
             try:
@@ -57,12 +62,22 @@ def backtest_list(request: HttpRequest) -> HttpResponse:
                 _refuse(sweep_form, exc)
             else:
                 return redirect("sweep-detail", sweep_id=sweep.pk)
-    status = 400 if run_form.errors or sweep_form.errors else 200
+    status = 200
+    if run_form.errors or sweep_form.errors:
+        status = 429 if run_form.throttled or sweep_form.throttled else 400
+    return _list_page(request, run_form, sweep_form, can_queue=can_queue, status=status)
+
+
+def _list_page(request: HttpRequest, run_form: BacktestRunForm, sweep_form: SweepForm, *, can_queue: bool,
+               status: int, refusal: str = "") -> HttpResponse:
     return render(request, "backtests/list.html", {
         "runs": BacktestRun.objects.filter(sweep__isnull=True).select_related("dataset")[:50],
         "sweeps": Sweep.objects.all()[:20],
         "run_form": run_form,
         "sweep_form": sweep_form,
+        "can_queue": can_queue,
+        "refusal": refusal,
+        "queue_role_note": CanQueue.message,
     }, status=status)
 
 
@@ -76,10 +91,16 @@ def _refuse(form: forms.Form, exc: BifrostError) -> None:
         form.add_error(None, f"{field}: {reason}" if field else reason)
 
 
+def _cancel_refused(request: HttpRequest) -> HttpResponse:
+    return render(request, "backtests/refused.html", {"reason": CANCEL_REFUSED}, status=403)
+
+
 @viewer_required
 @require_POST
 def backtest_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
     run = get_object_or_404(BacktestRun, pk=run_id)
+    if not cancel_allowed(user=request.user, record=run):
+        return _cancel_refused(request)
     with contextlib.suppress(BacktestStateError):  # finished meanwhile: the page shows how it ended
         services.backtest_run_cancel(run=run, user=request.user.get_username())
     return redirect("backtest-detail", run_id=run.pk)
@@ -89,6 +110,8 @@ def backtest_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
 @require_POST
 def sweep_cancel(request: HttpRequest, sweep_id: int) -> HttpResponse:
     sweep = get_object_or_404(Sweep, pk=sweep_id)
+    if not cancel_allowed(user=request.user, record=sweep):
+        return _cancel_refused(request)
     with contextlib.suppress(BacktestStateError):
         services.sweep_cancel(sweep=sweep, user=request.user.get_username())
     return redirect("sweep-detail", sweep_id=sweep.pk)
@@ -112,7 +135,8 @@ def backtest_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         }
     source = run.dataset.name if run.dataset else "synthetic " + json.dumps(run.synthetic)
     return render(request, "backtests/detail.html", {"run": run, "result": result, "figures": figures,
-                                                     "source": source})
+                                                     "source": source,
+                                                     "can_cancel": cancel_allowed(user=request.user, record=run)})
 
 
 @viewer_required
@@ -123,12 +147,14 @@ def sweep_detail(request: HttpRequest, sweep_id: int) -> HttpResponse:
     heat = charts.heat_map("", "", {}, "")
     if len(varied) >= 2:
         x_name, y_name = varied[0], varied[1]
-        cells = {(r["params"].get(x_name), r["params"].get(y_name)): float(r["objective"])
-                 for r in ranked if r.get("objective") is not None}
+        # Keyed by each value's text: a list-valued parameter (earnings_dates) is not hashable as it is.
+        cells = {(charts.value_label(r["params"].get(x_name)), charts.value_label(r["params"].get(y_name))):
+                 float(r["objective"]) for r in ranked if r.get("objective") is not None}
         heat = charts.heat_map(x_name, y_name, cells, f"objective ({sweep.objective})")
     guards = sorted({reason for r in ranked for reason in (r.get("blocks") or {})})
     return render(request, "backtests/sweep.html", {"sweep": sweep, "ranked": ranked, "varied": varied,
-                                                    "heat": heat, "guards": guards})
+                                                    "heat": heat, "guards": guards,
+                                                    "can_cancel": cancel_allowed(user=request.user, record=sweep)})
 
 
 @viewer_required

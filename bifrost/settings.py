@@ -264,6 +264,7 @@ BIFROST_QUEUE_RATE = os.environ.get("BIFROST_QUEUE_RATE", "30/hour")  # backtest
 BIFROST_MAX_SWEEP_RUNS = int(os.environ.get("BIFROST_MAX_SWEEP_RUNS", "200"))
 BIFROST_MAX_SYNTHETIC_TICKS = int(os.environ.get("BIFROST_MAX_SYNTHETIC_TICKS", "5000000"))
 BIFROST_UPLOAD_MAX_MB = _env_float("BIFROST_UPLOAD_MAX_MB", 100.0)
+BIFROST_UPLOAD_INLINE_MAX_MB = _env_float("BIFROST_UPLOAD_INLINE_MAX_MB", 5.0)  # larger: parsed by a worker
 BIFROST_CONTROL_RATE = os.environ.get("BIFROST_CONTROL_RATE", "60/min")  # per user, every path (API, admin, CLI)
 BIFROST_LOGIN_RATE = os.environ.get("BIFROST_LOGIN_RATE", "10/min")  # per user name and per address
 BIFROST_SUPERVISOR_TIMEOUT_S = _env_float("BIFROST_SUPERVISOR_TIMEOUT_S", 10.0)

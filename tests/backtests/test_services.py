@@ -143,3 +143,45 @@ def test_scheduled_jobs_exist_once_and_ensuring_them_is_idempotent():
     rows = Schedule.objects.filter(name__in=names)
     assert rows.count() == 2
     assert {r.func for r in rows} == {"backtests.tasks.stats_rollup_task", "backtests.tasks.history_retention_task"}
+
+
+def test_operators_cancel_any_run_researchers_only_their_own_and_viewers_none(viewer, researcher, operator):
+    from backtests.selectors import cancel_allowed
+
+    own = services.backtest_run_enqueue(synthetic=SMALL, params={}, user=researcher.username)
+    theirs = services.sweep_enqueue(synthetic=SMALL, grid={"cooldown_s": [0]}, user="someone-else")
+    viewers_own = services.backtest_run_enqueue(synthetic=SMALL, params={}, user=viewer.username)
+
+    assert cancel_allowed(user=operator, record=own) and cancel_allowed(user=operator, record=theirs)
+    assert cancel_allowed(user=researcher, record=own) and not cancel_allowed(user=researcher, record=theirs)
+    assert not cancel_allowed(user=viewer, record=viewers_own)
+
+
+def test_a_sweep_larger_than_the_setting_is_refused_naming_the_limit(settings):
+    settings.BIFROST_MAX_SWEEP_RUNS = 3
+
+    with pytest.raises(ConfigError) as grid:
+        services.sweep_enqueue(synthetic=SMALL, grid={"cooldown_s": [0, 10], "min_price_move_bps": [0, 5]},
+                               user="alice")
+    with pytest.raises(ConfigError) as listed:
+        services.sweep_enqueue(synthetic=SMALL, grid=[{"cooldown_s": s} for s in range(4)], user="alice")
+
+    assert grid.value.field == "grid" and "4 parameter sets" in grid.value.reason and "at most 3" in grid.value.reason
+    assert listed.value.field == "grid" and "at most 3" in listed.value.reason
+    assert services.sweep_enqueue(synthetic=SMALL, grid={"cooldown_s": [0, 10, 20]}, user="alice").runs_total == 3
+
+
+@pytest.mark.parametrize(("synthetic", "field"), [
+    ({"days": 300}, "synthetic.days"),  # 300 sessions of 23,400 one-second ticks
+    ({"days": 3, "tick_s": 0.01}, "synthetic.tick_s"),
+    ({"days": 100, "sessions_only": False, "tick_s": 1.0}, "synthetic.days"),  # round the clock: 8.64M
+])
+def test_a_synthetic_market_over_the_tick_cap_is_refused_naming_the_limit(synthetic, field):
+    with pytest.raises(ConfigError) as run:
+        services.backtest_run_enqueue(synthetic=synthetic, params={}, user="alice")
+    with pytest.raises(ConfigError) as sweep:
+        services.sweep_enqueue(synthetic=synthetic, grid={"cooldown_s": [0]}, user="alice")
+
+    assert run.value.field == sweep.value.field == field
+    assert "at most 5,000,000" in run.value.reason
+    assert BacktestRun.objects.count() == 0 and OrmQ.objects.count() == 0

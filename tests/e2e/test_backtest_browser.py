@@ -1,4 +1,4 @@
-"""Backtests from the web in a real browser: a viewer queues one from the Backtests page (a bad params field is
+"""Backtests from the web in a real browser: a researcher queues one from the Backtests page (a bad params field is
 refused first, on its field), a real django-q2 worker under supervisord runs it, and the page shows it done with
 its charts. Screenshots go to var/screenshots/."""
 from __future__ import annotations
@@ -32,8 +32,8 @@ def _set(driver, element_id: str, text: str) -> None:
     field.send_keys(text)
 
 
-def test_a_viewer_queues_a_backtest_from_the_page_and_reads_its_charts(system, browser):
-    login(browser, system["url"], "vera", "viewer", next_path="/backtests/")
+def test_a_researcher_queues_a_backtest_from_the_page_and_reads_its_charts(system, browser):
+    login(browser, system["url"], "rita", "researcher", next_path="/backtests/")
     wait_until(lambda: browser.find_elements("id", "backtest-form"), 15, "the Backtests page")
 
     _set(browser, "id_run-params_text", '{"cooldown_s": -5}')
@@ -46,7 +46,7 @@ def test_a_viewer_queues_a_backtest_from_the_page_and_reads_its_charts(system, b
     browser.find_element("css selector", '#backtest-form button[name="queue_run"]').click()
     wait_until(lambda: _text(browser, "run-state"), 10, "the run's page")
     run = BacktestRun.objects.get()
-    assert run.state == RunState.QUEUED and run.params["cooldown_s"] == 30 and run.created_by == "vera"
+    assert run.state == RunState.QUEUED and run.params["cooldown_s"] == 30 and run.created_by == "rita"
 
     system["supervisor"].supervisor.startProcess("worker")
     try:
