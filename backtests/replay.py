@@ -58,9 +58,10 @@ from trading.core.events import (
     Timer,
 )
 from trading.core.fsm import TradingState
-from trading.core.gates import GATE_REASONS, evaluate_gates
+from trading.core.gates import GATE_REASONS, evaluate_gates, reasons_mask, reasons_of
 from trading.core.greeks import bs_price, year_fraction
 from trading.core.params import StrategyParams
+from trading.core.rules import STATE_CODE, STATES
 from trading.errors import ConfigError
 from trading.sim.market import FillModel, MarketConfig, con_id_for, first_friday_on_or_after, local_symbol_for
 
@@ -71,9 +72,6 @@ EQUITY_POINTS = 1000
 PRICE_POINTS = 1000
 MAX_HEDGE_MARKERS = 5000
 ORDER_REF_PREFIX = "bt"
-STATES: tuple[TradingState, ...] = tuple(TradingState)
-STATE_CODE = {s: i for i, s in enumerate(STATES)}
-REASON_BIT = {r: 1 << i for i, r in enumerate(GATE_REASONS)}
 DECISION_NONE, DECISION_HEDGE, DECISION_BLOCKED = 0, 1, 2
 # What a daily-loss halt does in a replay (a replay option, not a strategy parameter: params hashes stay put).
 # Live, only an operator's reset_halt ends a halt; a replay has no operator, so by default it resets the halt at
@@ -85,17 +83,6 @@ ProgressFn = Callable[[float], None]  # fraction 0..1 done; may raise to stop th
 
 class Cancelled(Exception):  # noqa: N818  a stop request, not an error
     """Raised by a progress callback to stop a run (the operator cancelled it)."""
-
-
-def reasons_mask(reasons: tuple[str, ...] | list[str]) -> int:
-    mask = 0
-    for r in reasons:
-        mask |= REASON_BIT[r]
-    return mask
-
-
-def reasons_of(mask: int) -> list[str]:
-    return [r for i, r in enumerate(GATE_REASONS) if mask >> i & 1]
 
 
 # ---- the starting position ---------------------------------------------------------------------------------

@@ -9,11 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backtests import fast
-from backtests.replay import DECISION_BLOCKED, DECISION_HEDGE, reasons_of
+from backtests import jit
+from backtests.replay import DECISION_BLOCKED, DECISION_HEDGE
 from tests.backtests.conftest import market, params, replay
 from tests.backtests.scenarios import EVERYTHING, EVERYTHING_EXECUTION, SCENARIOS, everything_data
-from trading.core.greeks import bs_greeks
+from trading.core.gates import reasons_of
+from trading.core.greeks import bs_greeks, bs_scalar, implied_vol, implied_vol_scalar
 from trading.core.params import StrategyParams
 from trading.errors import ConfigError
 
@@ -71,15 +72,32 @@ def test_fast_path_matches_the_engine_when_option_quotes_start_after_the_first_m
     assert "risk_halt" not in slow.result["blocks"]  # the drop from model to market marks is not the day's loss
 
 
+_compiled_bs = jit.compiled(bs_scalar)
+_compiled_iv = jit.compiled(implied_vol_scalar)
+
+
 @settings(max_examples=300, deadline=None)
 @given(spot=st.floats(1.0, 1000.0), strike=st.floats(1.0, 1000.0), t=st.floats(0.0, 2.0),
        vol=st.floats(0.01, 3.0), rate=st.floats(-0.05, 0.2), put=st.booleans())
 def test_compiled_black_scholes_is_bitwise_the_engines(spot, strike, t, vol, rate, put):
     g = bs_greeks("P" if put else "C", spot, strike, t, rate, 0.01, vol)
 
-    price, delta, gamma = fast._bs(-1.0 if put else 1.0, spot, strike, t, rate, 0.01, vol)
+    compiled = _compiled_bs(-1.0 if put else 1.0, spot, strike, t, rate, 0.01, vol)
 
-    assert (price, delta, gamma) == (g.price, g.delta, g.gamma)
+    assert compiled == (g.price, g.delta, g.gamma, g.theta, g.vega)
+
+
+@settings(max_examples=200, deadline=None)
+@given(spot=st.floats(1.0, 1000.0), moneyness=st.floats(0.5, 1.5), t=st.floats(0.01, 2.0),
+       vol=st.floats(0.05, 3.0), put=st.booleans())
+def test_compiled_implied_vol_is_bitwise_the_engines(spot, moneyness, t, vol, put):
+    right = "P" if put else "C"
+    price = bs_greeks(right, spot, spot * moneyness, t, 0.03, 0.01, vol).price
+    solved = implied_vol(right, price, spot, spot * moneyness, t, 0.03, 0.01)
+
+    compiled = _compiled_iv(-1.0 if put else 1.0, price, spot, spot * moneyness, t, 0.03, 0.01)
+
+    assert (solved is None and math.isnan(compiled)) or compiled == solved
 
 
 def test_limit_orders_run_on_the_per_event_path():

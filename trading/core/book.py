@@ -8,6 +8,7 @@ from datetime import date, datetime
 from trading.core.events import BrokerPosition, Contract, LegGreeks
 from trading.core.greeks import bs_greeks, expiry_instant, implied_vol, year_fraction
 from trading.core.params import StrategyParams
+from trading.core.rules import intrinsic_value, mid_price
 
 SECONDS_PER_YEAR = 365.0 * 86400.0
 
@@ -32,7 +33,7 @@ class Leg:
     def mid(self) -> float | None:
         if self.bid is None or self.ask is None or self.bid <= 0 or self.ask < self.bid:
             return None
-        return (self.bid + self.ask) / 2.0
+        return mid_price(self.bid, self.ask)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +146,7 @@ class ManagedBook:
             c = leg.contract
             if leg.settled is None and c.expiry is not None and now_s >= expiry_instant(c.expiry):
                 assert c.strike is not None
-                leg.settled = max(spot - c.strike, 0.0) if c.right == "C" else max(c.strike - spot, 0.0)
+                leg.settled = intrinsic_value(1.0 if c.right == "C" else -1.0, spot, c.strike)
                 leg.greeks = (leg.settled, 0.0, 0.0, 0.0, 0.0)
                 settled.append(leg)
         self._recount()

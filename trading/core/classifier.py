@@ -3,9 +3,11 @@
 One comparison rule everywhere: a level is reached when abs(x) >= level."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from trading.core.params import StrategyParams
+from trading.core.rules import delta_class
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,19 +28,13 @@ def classify_option(has_options: bool, gamma_shares: float) -> str:
     return "O1" if gamma_shares >= 0 else "O2"
 
 
+_DELTA_CLASSES = ("D0", "D1", "D2", "D3", "D4")
+
+
 def classify_delta(net_delta_shares: float, valid: bool, params: StrategyParams) -> str:
-    if not valid:
-        return "D4"
-    level = abs(net_delta_shares)
-    if level >= params.force_hedge_shares or (
-        params.max_net_delta_shares is not None and level >= params.max_net_delta_shares
-    ):
-        return "D3"
-    if level >= params.hedge_threshold_shares:
-        return "D2"
-    if level >= params.epsilon_band_shares:
-        return "D1"
-    return "D0"
+    max_net = math.nan if params.max_net_delta_shares is None else params.max_net_delta_shares
+    return _DELTA_CLASSES[delta_class(net_delta_shares, valid, params.force_hedge_shares, max_net,
+                                      params.hedge_threshold_shares, params.epsilon_band_shares)]
 
 
 def classify_liquidity(spread_bps: float | None, params: StrategyParams) -> str:

@@ -5,9 +5,10 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
 
+from trading.core import rules
 from trading.core.book import BookGreeks, ManagedBook, structures
 from trading.core.calendar import ET, in_earnings_blackout, trading_date
 from trading.core.classifier import (
@@ -50,31 +51,24 @@ from trading.core.fsm import (
     order_transition,
     trading_transition,
 )
-from trading.core.gates import (
-    COST_REASONS,
-    LIQUIDITY_REASONS,
-    Counters,
-    GateResult,
-    GateState,
-    evaluate_gates,
-)
+from trading.core.gates import Counters, GateResult, GateState, evaluate_gates
 from trading.core.params import StrategyParams
 from trading.core.pnl import PnlLedger
+from trading.core.rules import STATE_CODE, TRIGGERS
 from trading.core.selfcheck import HealthView, SelfCheck, self_check
 
 ENGINE_VERSION = "1.0"
 HEDGE_KEY = "hedge"
 # An unchanged blocked decision is recorded again after this long, so a long block stays visible in the log.
 DECISION_REPEAT_S = 5.0
-# Safe returns to sync only after the system has been healthy this long.
-HEALTHY_DWELL_S = 3.0
 FINISHED_ORDERS_KEPT = 100
 _IB_EXEC_ID = re.compile(r"([0-9a-f]+\.[0-9a-f]+\.[0-9a-f]+)\.(\d{2})")
 # Executions are remembered (to book each once) this long: longer than any broker reports them back
 # (IB: today's, or up to 7 days with a trade log), so a fill missed before a weekend is still found.
 EXEC_MEMORY_DAYS = 7
-_EVALUATING = frozenset({TradingState.MONITOR, TradingState.NO_TRADE, TradingState.NEED_HEDGE,
-                         TradingState.PAUSE_COST, TradingState.PAUSE_LIQ})
+_IN_BAND = ("D0", "D1")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
 _STATUS_TRIGGER = {
     "submitted": OrderTrigger.ACK,
     "working": OrderTrigger.ACK,
@@ -216,7 +210,7 @@ class Engine:
         self.classification = Classification("O0", "D4", "L3", "E3", "S2")
         self.last_decision: DecisionView | None = None
         self._recorded_decision: tuple[tuple[str, ...], float, datetime] | None = None
-        self._healthy_since: datetime | None = None
+        self._healthy_since_us = rules.NO_INSTANT
         self._last_move_at: datetime | None = None
         self.params_hash = p.params_hash
 
@@ -480,60 +474,28 @@ class Engine:
         self._advance_trading_state(gate, now, actions)
 
     def _advance_trading_state(self, gate: GateState, now: datetime, actions: list[Action]) -> None:
-        if self.halt_reason:
-            self._set_state(TradingTrigger.RISK_HALT, actions)
-            return
-        if self.state == TradingState.BOOT:
-            self._set_state(TradingTrigger.START, actions)
-        if self.state == TradingState.SYNC:
-            if self.positions_synced and self.quote_ts is not None:
-                self._set_state(TradingTrigger.SYNCED if self.book.has_options else TradingTrigger.NO_OPTIONS, actions)
-            return
-        healthy = self._healthy(gate)
-        if self.state == TradingState.SAFE:
-            self._healthy_since = (self._healthy_since or now) if healthy else None
-            if self._healthy_since is not None and (now - self._healthy_since).total_seconds() >= HEALTHY_DWELL_S:
-                self._set_state(TradingTrigger.HEALTHY, actions)
-            return
-        if not healthy:
-            self._healthy_since = None
-            self._set_state(TradingTrigger.UNHEALTHY, actions)
-            return
-        if self.state == TradingState.HEDGING:
-            if not self._in_flight():
-                self._set_state(TradingTrigger.ORDER_DONE, actions)
-            return
-        if not self.book.has_options:
-            self._set_state(TradingTrigger.NO_OPTIONS, actions)
-            return
-        if self.state == TradingState.IDLE:
-            self._set_state(TradingTrigger.SYNCED, actions)
-        if self._in_flight():
-            self._set_state(TradingTrigger.ORDER_SENT, actions)
-            return
-        if self.classification.delta in ("D0", "D1"):
-            self._set_state(TradingTrigger.IN_BAND, actions)
-            return
-        result = evaluate_gates(gate, self.params, self.counters, now)
-        self._decide(result, gate, now, actions)
+        now_us = micros(now)
+        while True:  # the rules say when a step is followed by another from the new state (boot, idle)
+            trigger, self._healthy_since_us, again = rules.trading_trigger(
+                STATE_CODE[self.state], bool(self.halt_reason), self.positions_synced and self.quote_ts is not None,
+                self.book.has_options, self._healthy(gate), self._healthy_since_us, now_us, self._in_flight(),
+                self.classification.delta in _IN_BAND)
+            if trigger == rules.T_DECIDE:
+                self._decide(evaluate_gates(gate, self.params, self.counters, now), gate, now, actions)
+            elif trigger != rules.T_NONE:
+                self._set_state(TRIGGERS[trigger], actions)
+            if not again:
+                return
 
     def _decide(self, result: GateResult, gate: GateState, now: datetime, actions: list[Action]) -> None:
-        reasons = set(result.reasons)
-        if result.allowed:
-            trigger = TradingTrigger.OUT_OF_BAND
-        elif reasons <= COST_REASONS:
-            trigger = TradingTrigger.COST_BLOCKED
-        elif reasons <= COST_REASONS | LIQUIDITY_REASONS:
-            trigger = TradingTrigger.LIQ_BLOCKED
-        else:
-            trigger = TradingTrigger.BLOCKED
-        self._set_state(trigger, actions)
-        order_ref = self._next_ref() if result.allowed else ""
-        self.last_decision = DecisionView(now, result.allowed, result.reasons, result.size.intent_shares,
+        allowed, trigger = rules.decision_trigger(result.mask, result.size.order_shares)
+        self._set_state(TRIGGERS[trigger], actions)
+        order_ref = self._next_ref() if allowed else ""
+        self.last_decision = DecisionView(now, allowed, result.reasons, result.size.intent_shares,
                                           result.size.order_shares, gate.net_delta_shares, str(self.state),
                                           str(self.classification))
         self._record_decision(result, gate, order_ref, now, actions)
-        if result.allowed:
+        if allowed:
             self._send(order_ref, result.size.order_shares, "hedge", actions)
             self.counters.daily_hedges += 1
             self.last_hedge_at = now
@@ -661,7 +623,7 @@ class Engine:
         daily = self.daily_pnl_usd
         if self.halt_reason or daily is None:  # no baseline yet: lifetime P&L is not a day's loss
             return
-        if daily <= -self.params.max_daily_loss_usd:
+        if rules.loss_halts(daily, self.params.max_daily_loss_usd):
             self.halt_reason = f"daily loss {daily:.2f} USD reached the limit of {self.params.max_daily_loss_usd:g} USD"
             actions.append(Halt(self.halt_reason))
             self._operation(actions, "halt", self.halt_reason, reasons=["risk_halt"])
@@ -681,7 +643,7 @@ class Engine:
     def mid(self) -> float | None:
         if self.bid is None or self.ask is None:
             return None
-        return (self.bid + self.ask) / 2.0
+        return rules.mid_price(self.bid, self.ask)
 
     @property
     def net_delta_shares(self) -> float:
@@ -785,8 +747,8 @@ class Engine:
         return self.calendar.is_open(now)
 
     def _healthy(self, gate: GateState) -> bool:
-        stale = gate.quote_age_ms is None or gate.quote_age_ms >= self.params.stale_quote_ms
-        return gate.broker_connected and not stale and gate.greeks_valid
+        age = math.nan if gate.quote_age_ms is None else gate.quote_age_ms
+        return rules.is_healthy(gate.broker_connected, age, self.params.stale_quote_ms, gate.greeks_valid)
 
     def _in_flight(self) -> bool:
         return bool(self._live)
@@ -878,6 +840,11 @@ class Engine:
         actions.append(Record("operation", {"ts": self.now.isoformat(), "kind": kind, "message": message,
                                             "trading_state": str(self.state), "params_hash": self.params_hash,
                                             **fields}))
+
+
+def micros(instant: datetime) -> int:
+    """An aware instant as integer microseconds since the epoch: how the rules take instants."""
+    return (instant - _EPOCH) // _ONE_US
 
 
 def _next_et_midnight(day: date) -> float:

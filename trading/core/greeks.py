@@ -14,7 +14,8 @@ from scipy.special import erfc as _erfc_np
 
 __all__ = [
     "DAYS_PER_YEAR", "IMPLIED_VOL_MAX", "SECONDS_PER_YEAR", "FloatArray", "Greeks", "GreeksArrays", "Right",
-    "bs_greeks", "bs_greeks_np", "bs_price", "bs_price_np", "implied_vol", "implied_vol_np", "year_fraction",
+    "bs_greeks", "bs_greeks_np", "bs_price", "bs_price_np", "bs_scalar", "implied_vol", "implied_vol_np",
+    "implied_vol_scalar", "year_fraction", "years_to",
 ]
 
 Right = Literal["C", "P"]
@@ -69,9 +70,6 @@ class GreeksArrays:
     vega: FloatArray
 
 
-_NAN_GREEKS = Greeks(math.nan, math.nan, math.nan, math.nan, math.nan)
-
-
 # --------------------------------------------------------------------------------------------- scalar path
 
 
@@ -84,10 +82,11 @@ def _sign(right: str) -> float:
 
 
 def _degenerate(sign: float, spot: float, strike: float, t_years: float, rate: float, div: float,
-                vol: float) -> Greeks:
-    """Expired (t <= 0) or zero-vol (vol·√t <= 1e-12) option: discounted forward intrinsic value and a step delta, no time greeks."""
+                vol: float) -> tuple[float, float, float, float, float]:
+    """Expired (t <= 0) or zero-vol (vol·√t <= 1e-12) option: discounted forward intrinsic value and a step delta,
+    no time greeks."""
     if math.isnan(spot + strike + t_years + rate + div + vol) or spot < 0.0 or strike < 0.0:
-        return _NAN_GREEKS
+        return math.nan, math.nan, math.nan, math.nan, math.nan
     if t_years > 0.0:
         df_div = math.exp(-div * t_years)
         spot_pv = spot * df_div
@@ -98,37 +97,14 @@ def _degenerate(sign: float, spot: float, strike: float, t_years: float, rate: f
         strike_pv = strike
     value = sign * (spot_pv - strike_pv)
     if value > 0.0:
-        return Greeks(value, sign * df_div, 0.0, 0.0, 0.0)
-    return Greeks(0.0, 0.0, 0.0, 0.0, 0.0)
+        return value, sign * df_div, 0.0, 0.0, 0.0
+    return 0.0, 0.0, 0.0, 0.0, 0.0
 
 
-def bs_price(right: Right, spot: float, strike: float, t_years: float, rate: float, div: float, vol: float) -> float:
-    """Black-Scholes-Merton value per share of a European option; intrinsic when expired or vol <= 0."""
-    sign = _sign(right)
-    sqrt_t = math.sqrt(t_years) if t_years > 0.0 else 0.0
-    vol_sqrt_t = vol * sqrt_t
-    if not (vol_sqrt_t > _MIN_TOTAL_VOL and spot > 0.0 and strike > 0.0):
-        return _degenerate(sign, spot, strike, t_years, rate, div, vol).price
-    spot_pv = spot * math.exp(-div * t_years)
-    strike_pv = strike * math.exp(-rate * t_years)
-    d1 = (math.log(spot / strike) + (rate - div + 0.5 * vol * vol) * t_years) / vol_sqrt_t
-    d2 = d1 - vol_sqrt_t
-    n1 = 0.5 * math.erfc(sign * d1 * _NEG_INV_SQRT2)
-    n2 = 0.5 * math.erfc(sign * d2 * _NEG_INV_SQRT2)
-    price = sign * (spot_pv * n1 - strike_pv * n2)
-    # Deep out of the money the two terms cancel to a few ulps, which may fall below zero.
-    return 0.0 if price < 0.0 else price
-
-
-def bs_greeks(right: Right, spot: float, strike: float, t_years: float, rate: float, div: float,
-              vol: float) -> Greeks:
-    """Black-Scholes-Merton price, delta, gamma, theta per calendar day and vega per vol point, per share.
-
-    Expired (t_years <= 0) or vol <= 0 (or vol·√t below 1e-12): discounted forward intrinsic value, delta a step (±e^(-q t) or 0),
-    gamma, theta and vega 0. NaN inputs, or a negative spot or strike, give NaN greeks; nothing raises except
-    a `right` other than "C" or "P".
-    """
-    sign = _sign(right)
+def bs_scalar(sign: float, spot: float, strike: float, t_years: float, rate: float, div: float,
+              vol: float) -> tuple[float, float, float, float, float]:
+    """`bs_greeks` over scalars (sign +1 a call, -1 a put): (price, delta, gamma, theta per day, vega per point).
+    In the subset numba compiles: the fast replay runs this very function (see `trading.core.rules`)."""
     sqrt_t = math.sqrt(t_years) if t_years > 0.0 else 0.0
     vol_sqrt_t = vol * sqrt_t
     if not (vol_sqrt_t > _MIN_TOTAL_VOL and spot > 0.0 and strike > 0.0):
@@ -144,14 +120,25 @@ def bs_greeks(right: Right, spot: float, strike: float, t_years: float, rate: fl
     spot_pdf = spot_pv * pdf1
     price = sign * (spot_pv * n1 - strike_pv * n2)
     theta_year = -(spot_pdf * vol / (2.0 * sqrt_t)) - sign * (rate * strike_pv * n2 - div * spot_pv * n1)
-    # Positional: keyword construction of a frozen dataclass costs a third more on the live path.
-    return Greeks(
-        0.0 if price < 0.0 else price,
-        sign * df_div * n1,
-        df_div * pdf1 / (spot * vol_sqrt_t),
-        theta_year / DAYS_PER_YEAR,
-        spot_pdf * sqrt_t / 100.0,
-    )
+    # Deep out of the money the two price terms cancel to a few ulps, which may fall below zero.
+    return (0.0 if price < 0.0 else price, sign * df_div * n1, df_div * pdf1 / (spot * vol_sqrt_t),
+            theta_year / DAYS_PER_YEAR, spot_pdf * sqrt_t / 100.0)
+
+
+def bs_price(right: Right, spot: float, strike: float, t_years: float, rate: float, div: float, vol: float) -> float:
+    """Black-Scholes-Merton value per share of a European option; intrinsic when expired or vol <= 0."""
+    return bs_scalar(_sign(right), spot, strike, t_years, rate, div, vol)[0]
+
+
+def bs_greeks(right: Right, spot: float, strike: float, t_years: float, rate: float, div: float,
+              vol: float) -> Greeks:
+    """Black-Scholes-Merton price, delta, gamma, theta per calendar day and vega per vol point, per share.
+
+    Expired (t_years <= 0) or vol <= 0 (or vol·√t below 1e-12): discounted forward intrinsic value, delta a step (±e^(-q t) or 0),
+    gamma, theta and vega 0. NaN inputs, or a negative spot or strike, give NaN greeks; nothing raises except
+    a `right` other than "C" or "P".
+    """
+    return Greeks(*bs_scalar(_sign(right), spot, strike, t_years, rate, div, vol))
 
 
 def _otm_value(otm: float, x: float, w: float, spot_pv: float, strike_pv: float) -> tuple[float, float]:
@@ -174,9 +161,15 @@ def implied_vol(right: Right, price: float, spot: float, strike: float, t_years:
     The solver works on the out-of-the-money side (in-the-money prices go through put-call parity) with Newton
     steps on log value, safeguarded by a bracket that falls back to bisection, so it always terminates.
     """
-    sign = _sign(right)
+    vol = implied_vol_scalar(_sign(right), price, spot, strike, t_years, rate, div)
+    return None if math.isnan(vol) else vol
+
+
+def implied_vol_scalar(sign: float, price: float, spot: float, strike: float, t_years: float, rate: float,
+                       div: float) -> float:
+    """`implied_vol` over scalars (sign +1 a call, -1 a put), NaN where that returns None."""
     if not (price > 0.0 and spot > 0.0 and strike > 0.0 and t_years > 0.0) or math.isnan(rate + div):
-        return None
+        return math.nan
     sqrt_t = math.sqrt(t_years)
     spot_pv = spot * math.exp(-div * t_years)
     strike_pv = strike * math.exp(-rate * t_years)
@@ -186,7 +179,7 @@ def implied_vol(right: Right, price: float, spot: float, strike: float, t_years:
     target = price + 0.5 * (otm - sign) * fwd
     upper = spot_pv if otm > 0.0 else strike_pv
     if not (_TINY < target < upper and target > _TIME_VALUE_FLOOR * price):
-        return None
+        return math.nan
     w_max = IMPLIED_VOL_MAX * sqrt_t
     # Corrado-Miller: good near the money; the safeguarded Newton takes care of the wings.
     u = target + 0.5 * abs(fwd)
@@ -196,6 +189,7 @@ def implied_vol(right: Right, price: float, spot: float, strike: float, t_years:
     log_target = math.log(target)
     lo = 0.0
     hi = w_max
+    converged = False
     for _ in range(_IV_MAX_ITER):
         value, dvalue_dw = _otm_value(otm, x, w, spot_pv, strike_pv)
         if value > 0.0:
@@ -211,16 +205,18 @@ def implied_vol(right: Right, price: float, spot: float, strike: float, t_years:
         w_new = w - step
         if abs(step) <= _IV_STEP_TOL * w:
             w = w_new
+            converged = True
             break
         if not (lo < w_new < hi):
             w_new = 0.5 * (lo + hi)
         w = w_new
         if hi - lo <= _IV_BRACKET_TOL * hi:
+            converged = True
             break
-    else:
-        return None
+    if not converged:
+        return math.nan
     if w > 0.5 * w_max and not target < _otm_value(otm, x, w_max, spot_pv, strike_pv)[0]:
-        return None
+        return math.nan
     return w / sqrt_t
 
 
@@ -416,7 +412,12 @@ def year_fraction(expiry: date, now: datetime) -> float:
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"now must be timezone-aware, got naive {now.isoformat()}")
     # POSIX seconds on both sides: immune to DST offsets, and the expiry instant is cached (live hot path).
-    seconds = expiry_instant(expiry) - now.timestamp()
+    return years_to(expiry_instant(expiry), now.timestamp())
+
+
+def years_to(expiry_s: float, now_s: float) -> float:
+    """Years from `now_s` to `expiry_s` (POSIX seconds), 0.0 once past."""
+    seconds = expiry_s - now_s
     return seconds / SECONDS_PER_YEAR if seconds > 0.0 else 0.0
 
 

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from datetime import date
 
+from trading.core.rules import book_trade, unrealized_usd
+
 
 @dataclass(slots=True)
 class Holding:
@@ -19,20 +21,7 @@ class Holding:
 
     def trade(self, signed_qty: float, price: float) -> float:
         """Book a trade at average cost; returns the realized P&L it produced."""
-        realized = 0.0
-        if self.qty == 0 or (self.qty > 0) == (signed_qty > 0):
-            total = self.qty + signed_qty
-            self.avg_cost = (self.avg_cost * self.qty + price * signed_qty) / total if total else 0.0
-            self.qty = total
-        else:
-            closing = min(abs(signed_qty), abs(self.qty))
-            direction = 1.0 if self.qty > 0 else -1.0
-            realized = closing * direction * (price - self.avg_cost) * self.multiplier
-            self.qty += signed_qty
-            if abs(self.qty) < 1e-9:
-                self.qty, self.avg_cost = 0.0, 0.0
-            elif (self.qty > 0) != (direction > 0):  # flipped through zero: the rest opens at this price
-                self.avg_cost = price
+        self.qty, self.avg_cost, realized = book_trade(self.qty, self.avg_cost, signed_qty, price, self.multiplier)
         self.realized_usd += realized
         if self.mark is None:
             self.mark = price
@@ -40,9 +29,7 @@ class Holding:
 
     @property
     def unrealized_usd(self) -> float:
-        if self.qty == 0 or self.mark is None:
-            return 0.0
-        return self.qty * (self.mark - self.avg_cost) * self.multiplier
+        return unrealized_usd(self.qty, math.nan if self.mark is None else self.mark, self.avg_cost, self.multiplier)
 
 
 @dataclass(slots=True)

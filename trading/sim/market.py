@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from trading.core.events import Contract, OrderType, Side
 from trading.core.greeks import Greeks, Right, bs_greeks, year_fraction
-from trading.core.pnl import Holding
+from trading.core.rules import book_trade, commission_usd, touch_price
 from trading.errors import ConfigError
 
 SecType = Literal["STK", "OPT"]
@@ -325,7 +325,7 @@ class FillModel:
             raise ValueError(f"qty must be > 0, got {qty}")
         if side not in ("BUY", "SELL"):
             raise ValueError(f"side must be BUY or SELL, got {side!r}")
-        touch = quote.ask if side == "BUY" else quote.bid
+        touch = touch_price(side == "BUY", quote.bid, quote.ask)
         if order_type == "market":
             return touch
         if order_type != "limit":
@@ -352,9 +352,7 @@ class FillModel:
         """IB Fixed-style stock commission: max(min_commission_usd, |qty| x commission_per_share), capped at 1 %
         of trade value (the cap wins over the minimum for tiny trades). Exchange and regulatory fees ignored.
         Float for the simulation; whoever books it converts to Decimal."""
-        shares = abs(qty)
-        fee = max(self.config.min_commission_usd, shares * self.config.commission_per_share)
-        return min(fee, 0.01 * shares * abs(price))
+        return commission_usd(abs(qty), price, self.config.commission_per_share, self.config.min_commission_usd)
 
 
 # ---- the starting account -----------------------------------------------------------------------------------
@@ -370,9 +368,8 @@ _OPTION_MULTIPLIER = 100
 def average_cost_after(qty: float, avg_price: float, signed_qty: float, price: float) -> tuple[float, float]:
     """The account's (qty, average price) after a trade, booked as the P&L ledger books it (crossing through zero
     opens the rest at the trade's price)."""
-    position = Holding(qty=qty, avg_cost=avg_price)
-    position.trade(signed_qty, price)
-    return position.qty, position.avg_cost
+    qty, avg_price, _ = book_trade(qty, avg_price, signed_qty, price, 1.0)
+    return qty, avg_price
 
 
 def first_friday_on_or_after(day: date) -> date:
