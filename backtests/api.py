@@ -209,6 +209,11 @@ def _sweep(sweep_id: int) -> Sweep:
 
 
 class StatsGetApi(APIView):
+    """`backtests.stats.stats_report` as JSON, the same payload as `manage.py stats --format json`: per period and in
+    `totals` the hedging figures plus `first_fill_latency_ms` / `complete_fill_latency_ms` ({p50, p95, orders}),
+    `round_trips`, `round_trip_wins`, `round_trip_win_rate`, `round_trip_pnl_usd`, `round_trip_mean_pnl_usd` and
+    `risk_halts`; at the top `risk_halt_events` ([{ts, trading_date, message}]) and `open_round_trips`."""
+
     permission_classes = [CanView]
 
     class QuerySerializer(serializers.Serializer):
@@ -223,7 +228,8 @@ class StatsGetApi(APIView):
                                OpenApiParameter("since", OpenApiTypes.DATE, description="US/Eastern trading date"),
                                OpenApiParameter("until", OpenApiTypes.DATE, description="inclusive")],
                    responses={200: OpenApiTypes.OBJECT},
-                   summary="Hedges, fills, P&L and its distribution, win rate, slippage, blocks, from history")
+                   summary="Hedges, fills, P&L and its distribution, win rate by day and by hedge round trip, "
+                           "order-to-fill latency, slippage, risk halts and blocks by reason, from history")
     def get(self, request: Request) -> Response:
         query = self.QuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)

@@ -117,3 +117,28 @@ def heat_map(x_name: str, y_name: str, cells: dict[tuple[str, str], float], unit
     return mark_safe(  # noqa: S308  escaped above
         f'<table class="heat"><caption>{escape(unit)}: rows {escape(y_name)}, columns {escape(x_name)}</caption>'
         f"<tr><th></th>{head}</tr>{rows}</table>")
+
+
+def histogram(edges: Sequence[float], counts: Sequence[int], x_unit: str, y_unit: str) -> SafeString:
+    """Counts per bin as bars between their edges (`len(edges) == len(counts) + 1`): bins below zero red, above
+    green, one that holds zero grey; the x axis labelled at its ends and at zero, in `x_unit`."""
+    if not counts:
+        return mark_safe('<p class="muted">no data</p>')
+    lo, hi = float(edges[0]), float(edges[-1])
+    if hi == lo:  # every value the same: one bar a unit wide around it
+        lo, hi = lo - 0.5, hi + 0.5
+        edges = [lo, hi]
+    top = max(4, -(-max(counts) // 4) * 4)  # a multiple of 4: the frame's five ticks fall on whole counts
+    sx = _scale(lo, hi, PAD_L, W - PAD_R)
+    sy = _scale(0.0, float(top), H - PAD_B, PAD_T)
+    bars = ""
+    for left, right, count in zip(edges[:-1], edges[1:], counts, strict=True):
+        color = "#ff4d4f" if right <= 0 else "#2ecc71" if left >= 0 else "#9aa4b2"
+        x0, x1, y = sx(float(left)), sx(float(right)), sy(float(count))
+        bars += (f'<rect x="{x0 + 0.5:.1f}" y="{y:.1f}" width="{max(x1 - x0 - 1.0, 1.0):.1f}" '
+                 f'height="{H - PAD_B - y:.1f}" fill="{color}"><title>{float(left):,.2f} to {float(right):,.2f} '
+                 f"{escape(x_unit)}, {escape(y_unit)}: {count}</title></rect>")
+    marks = [(lo, "start"), (hi, "end")] + ([(0.0, "middle")] if lo < 0.0 < hi else [])
+    labels = "".join(f'<text x="{sx(v):.1f}" y="{H - PAD_B + 12}" text-anchor="{anchor}" class="tick">'
+                     f"{v:,.0f} {escape(x_unit)}</text>" for v, anchor in marks)
+    return _frame(0.0, float(top), y_unit, bars + labels, [])

@@ -12,6 +12,14 @@ realised vs implied vol (realised: squared returns of the snapshot spots over in
 over the time they span, from at most RV_MAX_SAMPLES snapshots; implied: the first managed leg's IV at each day's last snapshot, averaged over the
 days), gamma P&L vs theta paid (the day's
 `pnl.gamma_usd` and `pnl.theta_usd` at its last snapshot), and blocked hedges by reason (Decision.reasons).
+
+Also per period: order → fill latency (Order.created_at to its first fill, and to its last fill for orders whose
+fills add up to their quantity; p50 and p95 in ms, numpy's linear percentiles, orders grouped by the date they were
+created), hedge round trips (the share ledger booked at average cost with trading.core.pnl.Holding, as the daemon
+books it, from flat back to flat or through zero; a trip belongs to the date it closed, its P&L is realised P&L
+minus its fills' commissions, a fill that crosses zero split pro rata between the trip it closes and the one it
+opens) with their win rate, and risk halts (Operation kind "halt"). Percentiles do not roll up from days, so those
+figures are read per order, per trip and per halt into arrays and each period takes its slice.
 """
 from __future__ import annotations
 
@@ -28,13 +36,16 @@ from django.db import connection
 
 from trading.core.calendar import ET, trading_date
 from trading.core.gates import GATE_REASONS
-from trading.models import Decision, Fill, Order, StatusHistory
+from trading.core.pnl import Holding
+from trading.models import Decision, Fill, Operation, Order, StatusHistory
 
 PERIODS = ("day", "week", "month")
 SECONDS_PER_YEAR = 365.0 * 86_400.0
 MAX_RETURN_GAP_S = 300.0  # longer gaps (the daemon was down) are not returns
 RV_MAX_SAMPLES = 100_000
 EPOCH_DATE = date(1970, 1, 1)
+FLAT_SHARES = 1e-6  # a cumulative share position within this of zero is flat
+HALTS_LISTED = 500  # the most recent halts of the range listed with their messages (the count is always exact)
 
 
 def _midnight(day: date) -> datetime:
@@ -134,12 +145,14 @@ def _history_span() -> tuple[datetime, datetime]:
 
     firsts: list[datetime] = []
     lasts: list[datetime] = []
-    for model, column in ((Order, "created_at"), (Fill, "ts"), (Decision, "ts"), (StatusHistory, "ts")):
+    halts = Operation.objects.filter(kind=Operation.Kind.HALT)  # kept after retention thins the snapshots
+    for rows, column in ((Order.objects, "created_at"), (Fill.objects, "ts"), (Decision.objects, "ts"),
+                         (StatusHistory.objects, "ts"), (halts, "ts")):
         # Two aggregates, two queries: SQLite answers MIN or MAX alone from the index, both at once by a scan.
-        lo = model.objects.aggregate(lo=Min(column))["lo"]
+        lo = rows.aggregate(lo=Min(column))["lo"]
         if lo is not None:
             firsts.append(lo)
-            lasts.append(model.objects.aggregate(hi=Max(column))["hi"])
+            lasts.append(rows.aggregate(hi=Max(column))["hi"])
     now = datetime.now(UTC)
     return (min(firsts) if firsts else now), (max(lasts) if lasts else now)
 
@@ -271,6 +284,150 @@ def _daily(start: datetime, end: datetime) -> dict[int, _Day]:
     return days
 
 
+# ---- per-order, per-trip and per-halt figures -----------------------------------------------------------------------
+
+
+@dataclass
+class _Events:
+    """Arrays over the range, each row with its US/Eastern day number, so a period's figures are a slice."""
+
+    order_day: np.ndarray  # orders with at least one fill, by the date they were created
+    first_fill_ms: np.ndarray
+    complete_fill_ms: np.ndarray  # NaN where the order's fills do not add up to its quantity
+    trip_day: np.ndarray  # closed round trips, by the date they closed
+    trip_pnl_usd: np.ndarray
+    halt_day: np.ndarray
+    halts: list[dict[str, str]]  # the most recent HALTS_LISTED, oldest first
+    open_trips: list[dict[str, Any]]  # a trip per symbol still open at the end of the range
+
+    @classmethod
+    def empty(cls) -> _Events:
+        none = np.empty(0, dtype=np.float64)
+        return cls(order_day=none.astype(np.int64), first_fill_ms=none, complete_fill_ms=none,
+                   trip_day=none.astype(np.int64), trip_pnl_usd=none, halt_day=none.astype(np.int64), halts=[],
+                   open_trips=[])
+
+    def days(self) -> set[int]:
+        return {int(d) for d in np.concatenate([self.order_day, self.trip_day, self.halt_day])}
+
+
+def _events(start: datetime, end: datetime) -> _Events:
+    sql = _Sql(connection.vendor)
+    spans, default = _offset_spans(start, end)
+    order_t, fill_t, operation_t = _table(Order), _table(Fill), _table(Operation)
+    bounds = [connection.ops.adapt_datetimefield_value(start), connection.ops.adapt_datetimefield_value(end)]
+    with connection.cursor() as cur:
+        # Latency: one row per order created in the range that has fills (its fills may come after the range).
+        cur.execute(f"SELECT {sql.epoch('o.created_at')}, MIN({sql.epoch('f.ts')}), MAX({sql.epoch('f.ts')}), "
+                    f"SUM(f.qty), o.qty FROM {order_t} o JOIN {fill_t} f ON f.order_ref = o.order_ref "
+                    f"WHERE o.created_at >= %s AND o.created_at < %s GROUP BY o.id, o.created_at, o.qty", bounds)
+        orders = np.array(cur.fetchall(), dtype=np.float64).reshape(-1, 5)
+        # Round trips: the share ledger up to the end of the range, from the first fill on record (a trip that
+        # closes in the range may have opened before it).
+        cur.execute(f"SELECT symbol, {sql.epoch('ts')}, CASE WHEN side = 'BUY' THEN qty ELSE -qty END, "
+                    f"CAST(price AS DOUBLE PRECISION), CAST(commission AS DOUBLE PRECISION) FROM {fill_t} "
+                    f"WHERE ts < %s ORDER BY symbol, ts, id", bounds[1:])
+        fills = cur.fetchall()
+        cur.execute(f"SELECT {sql.epoch('ts')}, message FROM {operation_t} WHERE kind = %s AND ts >= %s AND ts < %s "
+                    f"ORDER BY ts, id", [str(Operation.Kind.HALT), *bounds])
+        halt_rows = cur.fetchall()
+
+    created, first, last, filled, qty = orders.T
+    complete = filled >= qty - FLAT_SHARES
+    # Epochs are exact to the millisecond on SQLite and the microsecond on PostgreSQL: round off the float noise.
+    first_ms = np.round((first - created) * 1000.0, 3)
+    complete_ms = np.where(complete, np.round((last - created) * 1000.0, 3), np.nan)
+
+    trip_epoch, trip_pnl, open_trips = _round_trips(fills, start.timestamp())
+    halt_epoch = np.array([row[0] for row in halt_rows], dtype=np.float64)
+    halts = [{"ts": datetime.fromtimestamp(float(ep), UTC).isoformat(),
+              "trading_date": trading_date(datetime.fromtimestamp(float(ep), UTC)).isoformat(), "message": message}
+             for ep, message in halt_rows[-HALTS_LISTED:]]
+    return _Events(order_day=_days_of(created, spans, default), first_fill_ms=first_ms, complete_fill_ms=complete_ms,
+                   trip_day=_days_of(trip_epoch, spans, default), trip_pnl_usd=trip_pnl,
+                   halt_day=_days_of(halt_epoch, spans, default), halts=halts, open_trips=open_trips)
+
+
+def _round_trips(fills: list[tuple[str, float, float, float, float]],
+                 start_epoch: float) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """The round trips of each symbol's share ledger that close at or after `start_epoch`: (close epochs, P&L after
+    commissions, the trips still open at the end). `fills` are (symbol, epoch, signed qty, price, commission),
+    ordered by symbol and time.
+
+    Booked with trading.core.pnl.Holding, fill by fill: average cost is a running state. Only the fills since the
+    ledger was last flat before `start_epoch` are booked (found from the cumulative position in numpy): a trip
+    never reaches back past a flat point."""
+    closes: list[float] = []
+    pnls: list[float] = []
+    open_trips: list[dict[str, Any]] = []
+    if not fills:
+        return np.empty(0), np.empty(0), open_trips
+    symbols = np.array([row[0] for row in fills])
+    table = np.array([row[1:] for row in fills], dtype=np.float64)
+    bounds = np.flatnonzero(symbols[1:] != symbols[:-1]) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(fills)], strict=True):
+        epoch, signed, price, commission = table[lo:hi].T
+        moving = signed != 0.0
+        epoch, signed, price, commission = epoch[moving], signed[moving], price[moving], commission[moving]
+        flat_before = np.flatnonzero((np.abs(np.cumsum(signed)) < FLAT_SHARES) & (epoch < start_epoch))
+        first = int(flat_before[-1]) + 1 if flat_before.size else 0
+        holding = Holding()
+        trip_pnl, opened = 0.0, 0.0
+        for ep, qty, px, fee in zip(epoch[first:].tolist(), signed[first:].tolist(), price[first:].tolist(),
+                                    commission[first:].tolist(), strict=True):
+            before = holding.qty
+            realised = holding.trade(qty, px)
+            after = holding.qty
+            if before == 0.0:
+                trip_pnl, opened = -fee, ep
+            elif after != 0.0 and (after > 0.0) == (before > 0.0):
+                trip_pnl += realised - fee
+            else:  # flat again, or through zero: the closing part of the fill pays its share of the commission
+                closing = min(1.0, abs(before) / abs(qty))
+                trip_pnl += realised - fee * closing
+                if ep >= start_epoch:
+                    closes.append(ep)
+                    pnls.append(trip_pnl)
+                if after != 0.0:
+                    trip_pnl, opened = -fee * (1.0 - closing), ep
+        if holding.qty != 0.0:
+            open_trips.append({"symbol": str(symbols[lo]), "shares": holding.qty, "avg_cost_usd": holding.avg_cost,
+                               "opened_at": datetime.fromtimestamp(opened, UTC).isoformat(),
+                               "realized_pnl_usd": trip_pnl})
+    return np.array(closes, dtype=np.float64), np.array(pnls, dtype=np.float64), open_trips
+
+
+def _percentiles_ms(values: np.ndarray) -> dict[str, float | int | None]:
+    values = values[~np.isnan(values)]
+    if not values.size:
+        return {"p50": None, "p95": None, "orders": 0}
+    p50, p95 = np.percentile(values, [50.0, 95.0])
+    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "orders": int(values.size)}
+
+
+def _event_summary(events: _Events, lo_day: int | None = None, hi_day: int | None = None) -> dict[str, Any]:
+    """Latency, round trips and halts of the days [lo_day, hi_day) (all of the range without bounds)."""
+
+    def within(days: np.ndarray) -> np.ndarray:
+        if lo_day is None or hi_day is None:
+            return np.ones(len(days), dtype=bool)
+        return (days >= lo_day) & (days < hi_day)
+
+    orders = within(events.order_day)
+    trips = events.trip_pnl_usd[within(events.trip_day)]
+    wins = int(np.count_nonzero(trips > 0.0))
+    return {
+        "first_fill_latency_ms": _percentiles_ms(events.first_fill_ms[orders]),
+        "complete_fill_latency_ms": _percentiles_ms(events.complete_fill_ms[orders]),
+        "round_trips": int(trips.size),
+        "round_trip_wins": wins,
+        "round_trip_win_rate": wins / trips.size if trips.size else None,
+        "round_trip_pnl_usd": float(trips.sum()) if trips.size else None,
+        "round_trip_mean_pnl_usd": float(trips.mean()) if trips.size else None,
+        "risk_halts": int(np.count_nonzero(within(events.halt_day))),
+    }
+
+
 # ---- rolling days up into periods ---------------------------------------------------------------------------------
 
 
@@ -367,27 +524,34 @@ def stats_report(*, period: str = "day", since: date | datetime | None = None,
         raise ConfigError("period", f"expected one of {', '.join(PERIODS)}, got {period!r}")
     start, end = _bounds(since, until)
     days = _daily(start, end) if start < end else {}
+    events = _events(start, end) if start < end else _Events.empty()
+    for k in events.days():  # a day with only a flatten order, a trip's closing fill or a halt
+        days.setdefault(k, _Day())
     dated = sorted((EPOCH_DATE + timedelta(days=k), d) for k, d in days.items())
     grouped: dict[date, list[tuple[date, _Day]]] = defaultdict(list)
     for day, d in dated:
         grouped[_period_start(day, period)].append((day, d))
     periods = []
     for first, rows in sorted(grouped.items()):
-        periods.append({"start": first.isoformat(), "end": _period_end(first, period).isoformat(),
+        last = _period_end(first, period)
+        periods.append({"start": first.isoformat(), "end": last.isoformat(),
                         "label": first.isoformat() if period == "day" else
                         (f"{first.isocalendar()[0]}-W{first.isocalendar()[1]:02d}" if period == "week"
                          else first.strftime("%Y-%m")),
-                        **_summary(rows)})
+                        **_summary(rows),
+                        **_event_summary(events, (first - EPOCH_DATE).days, (last - EPOCH_DATE).days)})
     pnl_daily = [{"date": day.isoformat(), "pnl_usd": d.pnl_usd} for day, d in dated if d.pnl_usd is not None]
     return {
         "period": period,
         "since": start.isoformat(),
         "until": end.isoformat(),
         "timezone": "America/New_York",
-        "totals": _summary(dated),
+        "totals": {**_summary(dated), **_event_summary(events)},
         "periods": periods,
         "pnl_daily": pnl_daily,
         "pnl_histogram": _histogram([row["pnl_usd"] for row in pnl_daily]),
+        "risk_halt_events": events.halts,
+        "open_round_trips": events.open_trips,
     }
 
 
@@ -401,19 +565,24 @@ def _fmt(value: Any, spec: str = ",.2f", scale: float = 1.0) -> str:
 
 
 def render_text(report: dict[str, Any]) -> str:
-    """A terminal table: one line per period, then totals, the P&L distribution and blocks by reason."""
+    """A terminal table: one line per period, then totals, the P&L distribution, latency, round trips, halts and
+    blocks by reason."""
     header = (f"{'period':<12}{'hedges':>7}{'fills':>7}{'shares':>10}{'comm USD':>10}{'slip bps':>9}"
-              f"{'P&L USD':>12}{'win %':>7}{'gamma USD':>11}{'theta USD':>11}{'RV %':>7}{'IV %':>7}  blocked")
+              f"{'P&L USD':>12}{'day win %':>10}{'gamma USD':>11}{'theta USD':>11}{'RV %':>7}{'IV %':>7}"
+              f"{'1st fill p50/p95 ms':>20}{'trips':>6}{'trip win %':>11}{'halts':>6}  blocked")
     lines = [f"Bifrost statistics by {report['period']} (US/Eastern trading dates), "
              f"{report['since']} .. {report['until']}", header]
 
     def line(label: str, row: dict[str, Any]) -> str:
         blocks = ", ".join(f"{r} {n}" for r, n in row["blocks"].items()) or "-"
+        latency = row["first_fill_latency_ms"]
         return (f"{label:<12}{row['hedges']:>7}{row['fills']:>7}{_fmt(row['filled_shares'], ',.0f'):>10}"
                 f"{_fmt(row['commissions_usd']):>10}{_fmt(row['slippage_bps'], '.2f'):>9}"
-                f"{_fmt(row['pnl_usd']):>12}{_fmt(row['win_rate'], '.0f', 100):>7}{_fmt(row['gamma_usd']):>11}"
+                f"{_fmt(row['pnl_usd']):>12}{_fmt(row['win_rate'], '.0f', 100):>10}{_fmt(row['gamma_usd']):>11}"
                 f"{_fmt(row['theta_usd']):>11}{_fmt(row['realized_vol'], '.1f', 100):>7}"
-                f"{_fmt(row['implied_vol'], '.1f', 100):>7}  {blocks}")
+                f"{_fmt(row['implied_vol'], '.1f', 100):>7}"
+                f"{_fmt(latency['p50'], ',.0f') + '/' + _fmt(latency['p95'], ',.0f'):>20}{row['round_trips']:>6}"
+                f"{_fmt(row['round_trip_win_rate'], '.0f', 100):>11}{row['risk_halts']:>6}  {blocks}")
 
     for row in report["periods"]:
         lines.append(line(row["label"], row))
@@ -425,10 +594,27 @@ def render_text(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"daily P&L over {dist['days']} days (USD): min {_fmt(dist['min'])}  p25 {_fmt(dist['p25'])}  "
                  f"median {_fmt(dist['median'])}  p75 {_fmt(dist['p75'])}  max {_fmt(dist['max'])}  "
-                 f"mean {_fmt(dist['mean'])}  std {_fmt(dist['std'])}; win rate {_fmt(totals['win_rate'], '.0f', 100)} %")
+                 f"mean {_fmt(dist['mean'])}  std {_fmt(dist['std'])}; win rate {_fmt(totals['win_rate'], '.0f', 100)} %"
+                 f" of days")
     lines.append(f"realised vol {_fmt(totals['realized_vol'], '.1f', 100)} % vs implied "
                  f"{_fmt(totals['implied_vol'], '.1f', 100)} %; gamma P&L {_fmt(totals['gamma_usd'])} USD vs theta "
                  f"{_fmt(totals['theta_usd'])} USD; slippage {_fmt(totals['slippage_bps'], '.2f')} bps vs mid at decision")
+    first, complete = totals["first_fill_latency_ms"], totals["complete_fill_latency_ms"]
+    lines.append(f"order -> fill latency (orders created in the range): first fill p50 {_fmt(first['p50'], ',.1f')} ms"
+                 f"  p95 {_fmt(first['p95'], ',.1f')} ms over {first['orders']} orders; complete fill (last fill of a "
+                 f"fully filled order) p50 {_fmt(complete['p50'], ',.1f')} ms  p95 {_fmt(complete['p95'], ',.1f')} ms "
+                 f"over {complete['orders']} orders")
+    lines.append(f"hedge round trips (flat to flat, average cost, after commissions): {totals['round_trips']} closed, "
+                 f"{totals['round_trip_wins']} won (win rate {_fmt(totals['round_trip_win_rate'], '.0f', 100)} %), "
+                 f"mean {_fmt(totals['round_trip_mean_pnl_usd'])} USD per trip, total "
+                 f"{_fmt(totals['round_trip_pnl_usd'])} USD")
+    for trip in report["open_round_trips"]:
+        lines.append(f"  open at the end: {trip['symbol']} {trip['shares']:+,g} shares at {trip['avg_cost_usd']:,.4f} "
+                     f"USD average cost since {trip['opened_at']}")
+    lines.append(f"risk halts: {totals['risk_halts']}")
+    for halt in report["risk_halt_events"]:
+        lines.append(f"  {halt['ts']} (trading date {halt['trading_date']}): {halt['message']}")
     blocks = totals["blocks"]
-    lines.append("blocked hedges by reason: " + (", ".join(f"{r} {n}" for r, n in blocks.items()) or "none"))
+    lines.append(f"blocked hedges by reason ({totals['decisions_blocked']} blocked decisions): "
+                 + (", ".join(f"{r} {n}" for r, n in blocks.items()) or "none"))
     return "\n".join(lines)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from datetime import datetime
 from typing import Any
 
 from django import forms
@@ -17,6 +18,7 @@ from backtests.models import BacktestRun, Sweep
 from backtests.selectors import CANCEL_REFUSED, cancel_allowed
 from backtests.stats import PERIODS, stats_report
 from monitor.permissions import CanQueue, is_researcher, viewer_required
+from trading.core.calendar import ET
 from trading.errors import BifrostError
 
 # What the forms start with: a one-day synthetic market that anyone can replay without data.
@@ -157,18 +159,63 @@ def sweep_detail(request: HttpRequest, sweep_id: int) -> HttpResponse:
                                                     "can_cancel": cancel_allowed(user=request.user, record=sweep)})
 
 
+class StatsRangeForm(forms.Form):
+    """The statistics page's range: whole US/Eastern trading dates, both inclusive (as `manage.py stats`)."""
+
+    since = forms.DateField(required=False, label="since", help_text="first trading date, US/Eastern",
+                            widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(required=False, label="until", help_text="last trading date, inclusive",
+                            widget=forms.DateInput(attrs={"type": "date"}))
+    period = forms.ChoiceField(choices=[(p, f"by {p}") for p in PERIODS], required=False, initial="day",
+                               error_messages={"invalid_choice": f"expected one of {', '.join(PERIODS)}, "
+                                                                 f"got %(value)r"})
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        data["period"] = data.get("period") or "day"
+        if data.get("since") and data.get("until") and data["since"] > data["until"]:
+            self.add_error("until", "must not be before since")
+        return data
+
+
 @viewer_required
 def stats_page(request: HttpRequest) -> HttpResponse:
-    period = request.GET.get("period", "day")
-    if period not in PERIODS:
-        return render(request, "backtests/stats.html", {"error": f"period: expected one of {', '.join(PERIODS)}, "
-                                                                 f"got {period!r}"}, status=400)
-    report = stats_report(period=period)
+    """Statistics over the form's range: per-period charts, the daily P&L histogram, latency, round trips, risk
+    halts and blocks by reason. A refused field is shown on the form with a 400."""
+    form = StatsRangeForm(request.GET or None)
+    if form.is_bound and not form.is_valid():
+        error = "; ".join(f"{field}: {message}" for field, messages in form.errors.items() for message in messages)
+        return render(request, "backtests/stats.html", {"form": form, "error": error}, status=400)
+    data = form.cleaned_data if form.is_bound else {"period": "day"}
+    period = data["period"]
+    report = stats_report(period=period, since=data.get("since"), until=data.get("until"))
+    return render(request, "backtests/stats.html", {"form": form, "report": report, "period": period,
+                                                    **_stats_figures(report)})
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else value * 100.0
+
+
+def _stats_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """The page's charts, fractions as percentages, and the halts in New York time."""
     periods = report["periods"]
+    totals = report["totals"]
+    histogram = report["pnl_histogram"]
     figures = {
         "pnl": charts.bar_chart([(p["label"], float(p.get("pnl_usd") or 0.0)) for p in periods[-30:]], "USD"),
         "hedges": charts.bar_chart([(p["label"], float(p.get("hedges") or 0)) for p in periods[-30:]], "hedges"),
-        "blocks": charts.bar_chart(sorted(((k, float(v)) for k, v in (report["totals"].get("blocks") or {}).items()),
+        "blocks": charts.bar_chart(sorted(((k, float(v)) for k, v in (totals.get("blocks") or {}).items()),
                                           key=lambda kv: -kv[1]), "decisions"),
+        "pnl_histogram": charts.histogram(histogram["edges"], histogram["counts"], "USD", "days"),
     }
-    return render(request, "backtests/stats.html", {"report": report, "figures": figures, "period": period})
+    pct = {key: _percent(totals[key]) for key in ("win_rate", "round_trip_win_rate", "realized_vol", "implied_vol")}
+    rows = [{**p, "win_pct": _percent(p["win_rate"]), "trip_win_pct": _percent(p["round_trip_win_rate"])}
+            for p in periods]
+    halts = [{**h, "ts_et": _new_york(h["ts"])} for h in report["risk_halt_events"]]
+    open_trips = [{**t, "opened_et": _new_york(t["opened_at"])} for t in report["open_round_trips"]]
+    return {"figures": figures, "pct": pct, "rows": rows, "halts": halts, "open_trips": open_trips}
+
+
+def _new_york(iso: str) -> str:
+    return datetime.fromisoformat(iso).astimezone(ET).strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -5,8 +5,10 @@ Run from the repository root:  .venv/bin/python bench/stats.py [--days 120] [--p
 Fills a throw-away database (SQLite in a temp var dir; with --postgres a scratch database `bifrost_bench_stats` on
 127.0.0.1, dropped afterwards) with `--days` days of daemon history at its default cadence: a status snapshot
 every 10 s (8,640 a day: 1,036,800 for 120 days) carrying a payload shaped and sized like the daemon's (~4 KB of
-JSON), 300 decisions, 60 hedge orders and their fills per day. Then
-times `stats_report` for each period over the whole history (best of 3), and once over the last 30 days.
+JSON), 300 decisions, 60 hedge orders and their fills per day (every third order in two fills, 50 ms to 1.5 s after
+it was placed; buying at the ask and selling at the bid at random times, its round trips mostly lose), and a risk
+halt every tenth day. Then times `stats_report` (latency percentiles, round trips and
+halts included) for each period over the whole history (best of 3), and once over the last 30 days.
 """
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ def status_payload(ts: datetime, spot: float, daily: float, k: int) -> dict:
 def fill(days: int) -> int:
     from django.db import connection, transaction
 
-    from trading.models import Decision, Fill, Order, StatusHistory
+    from trading.models import Decision, Fill, Operation, Order, StatusHistory
 
     rng = random.Random(7)
     start = datetime.combine(date.today() - timedelta(days=days), datetime.min.time(), UTC)
@@ -104,16 +106,28 @@ def fill(days: int) -> int:
                 ts = day0 + timedelta(seconds=rng.randrange(86_400))
                 ref = f"bifrost:bench:{day}:{k}"
                 side = "BUY" if k % 2 else "SELL"
-                orders.append((ref, "hedge", "NVDA", side, 50.0, "market", "filled", 50.0, "", "", "", spot, "",
-                               adapt(ts), adapt(ts)))
-                fills.append((f"x:{ref}", ref, "NVDA", side, 50.0, f"{spot + (0.02 if k % 2 else -0.02):.6f}",
-                              "1.000000", adapt(ts + timedelta(seconds=1))))
-            _insert(cur, Order._meta.db_table, ("order_ref", "intent", "symbol", "side", "qty", "order_type", "state",
-                                                "filled_qty", "broker_order_id", "message", "reason",
-                                                "spot_at_decision", "params_hash", "created_at", "updated_at"), orders)
-            _insert(cur, Fill._meta.db_table, ("exec_id", "order_ref", "symbol", "side", "qty", "price", "commission",
-                                               "ts"), fills)
-            rows += len(decisions) + len(orders) + len(fills)
+                orders.append((ref, "hedge", "DU123456", "paper", "NVDA", side, 50.0, "market", "filled", 50.0, "",
+                               "", "", spot, "", adapt(ts), adapt(ts)))
+                price = f"{spot + (0.02 if k % 2 else -0.02):.6f}"
+                parts = (20.0, 30.0) if k % 3 == 0 else (50.0,)
+                after_ms = sorted(rng.uniform(50.0, 1500.0) for _ in parts)
+                for n, (qty, delay) in enumerate(zip(parts, after_ms, strict=True)):
+                    fills.append((f"x:{ref}:{n}", ref, "DU123456", "NVDA", side, qty, price, "0.500000",
+                                  adapt(ts + timedelta(milliseconds=delay))))
+            _insert(cur, Order._meta.db_table, ("order_ref", "intent", "account", "mode", "symbol", "side", "qty",
+                                                "order_type", "state", "filled_qty", "broker_order_id", "message",
+                                                "reason", "spot_at_decision", "params_hash", "created_at",
+                                                "updated_at"), orders)
+            _insert(cur, Fill._meta.db_table, ("exec_id", "order_ref", "account", "symbol", "side", "qty", "price",
+                                               "commission", "ts"), fills)
+            halts = []
+            if day % 10 == 9:
+                halts.append((adapt(day0 + timedelta(hours=19)), "halt", "daemon",
+                              "daily loss -1,010.00 USD reached the limit of 1000 USD", "", "", json.dumps(["risk_halt"]),
+                              "halted", "", "{}"))
+                _insert(cur, Operation._meta.db_table, ("ts", "kind", "actor", "message", "order_ref", "side",
+                                                        "reasons", "trading_state", "params_hash", "data"), halts)
+            rows += len(decisions) + len(orders) + len(fills) + len(halts)
     return rows
 
 
@@ -168,9 +182,12 @@ def main() -> None:
                 report = stats_report(period=period)
                 best = min(best, time.perf_counter() - t0)
             verdict = "MET" if best <= TARGET_S else "NOT MET"
+            totals = report["totals"]
             print(f"stats --period {period:<5} whole history: {best:.2f} s ({len(report['periods'])} periods, "
-                  f"{report['totals']['hedges']:,} hedges, win rate {report['totals']['win_rate']:.2f}); "
-                  f"target <= {TARGET_S:g} s: {verdict}")
+                  f"{totals['hedges']:,} hedges, win rate {totals['win_rate']:.2f} of days, "
+                  f"{totals['round_trips']:,} round trips won {totals['round_trip_win_rate']:.2f}, first fill p50/p95 "
+                  f"{totals['first_fill_latency_ms']['p50']:.0f}/{totals['first_fill_latency_ms']['p95']:.0f} ms, "
+                  f"{totals['risk_halts']} halts); target <= {TARGET_S:g} s: {verdict}")
         t0 = time.perf_counter()
         stats_report(period="day", since=date.today() - timedelta(days=30))
         print(f"stats --period day  last 30 days:  {time.perf_counter() - t0:.2f} s")

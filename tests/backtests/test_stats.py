@@ -1,5 +1,6 @@
 """Statistics from the history tables only, by US/Eastern trading date: hedges, fills, slippage vs mid at
-decision, P&L and its distribution, win rate, realised vs implied vol, gamma vs theta, blocks by reason."""
+decision, P&L and its distribution, win rate, realised vs implied vol, gamma vs theta, blocks by reason, order to
+fill latency, hedge round trips and their win rate, risk halts; on the command line, the API and the page."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ from backtests.models import DailyStats
 from backtests.services import history_retention, stats_rollup
 from backtests.stats import render_text, stats_report
 from tests.backtests.test_commands import call
-from trading.models import Decision, Fill, Order, StatusHistory
+from trading.models import Decision, Fill, Operation, Order, StatusHistory
 
 pytestmark = pytest.mark.django_db
 MON = datetime(2026, 3, 9, 14, 0, tzinfo=UTC)  # 10:00 in New York (EDT since 2026-03-08)
@@ -149,3 +150,237 @@ def test_beyond_the_sample_cap_realised_vol_reads_every_kth_snapshot(monkeypatch
     assert full == pytest.approx(math.sqrt(0.01**2 / 10 * 365 * 86400), rel=1e-6)
     # every 4th snapshot: returns of 1.01^4 - 1 over 40 s
     assert sampled == pytest.approx(math.sqrt((1.01**4 - 1) ** 2 / 40 * 365 * 86400), rel=1e-6)
+
+
+# ---- latency, round trips, halts --------------------------------------------------------------------------------
+
+TUE = MON + timedelta(days=1)
+
+
+def placed(ref: str, ts: datetime, qty: float = 100, symbol: str = "AMD") -> None:
+    Order.objects.create(order_ref=ref, intent="hedge", symbol=symbol, side="BUY", qty=qty, order_type="market",
+                         state="working", spot_at_decision=10.0, created_at=ts, updated_at=ts)
+
+
+def filled(ref: str, ts: datetime, side: str, qty: float, price: str, commission: str = "1.00",
+           symbol: str = "NVDA") -> None:
+    Fill.objects.create(exec_id=f"x-{ref}-{Fill.objects.count()}", order_ref=ref, symbol=symbol, side=side, qty=qty,
+                        price=Decimal(price), commission=Decimal(commission), ts=ts)
+
+
+def halted(ts: datetime, message: str, kind: str = Operation.Kind.HALT) -> None:
+    Operation.objects.create(ts=ts, kind=kind, message=message, reasons=["risk_halt"])
+
+
+@pytest.fixture
+def latencies():
+    """First fills 100, 200, 300 ms after Monday's orders and 400, 1000 ms after Tuesday's; C fills in two parts
+    (the last 2.3 s after it was placed), E only half, F not at all. In AMD: NVDA's share ledger is another."""
+    ms = timedelta(milliseconds=1)
+    for ref, ts, parts in (("A", MON, [(100, 100)]), ("B", MON + timedelta(hours=1), [(200, 100)]),
+                           ("C", MON + timedelta(hours=2), [(300, 40), (2300, 60)]),
+                           ("D", TUE, [(400, 100)]), ("E", TUE + timedelta(hours=1), [(1000, 50)]),
+                           ("F", TUE + timedelta(hours=2), [])):
+        placed(ref, ts)
+        for after_ms, qty in parts:
+            filled(ref, ts + after_ms * ms, "BUY", qty, "10.00", symbol="AMD")
+
+
+def test_order_to_fill_latency_is_p50_and_p95_in_ms_to_the_first_and_to_the_last_fill(latencies):
+    report = stats_report(period="day", since=date(2026, 3, 9), until=date(2026, 3, 10))
+
+    totals = report["totals"]
+    assert totals["first_fill_latency_ms"] == {"p50": 300.0, "p95": 880.0, "orders": 5}  # F has no fill
+    # complete: A 100, B 200, C 2300, D 400; E is not fully filled
+    assert totals["complete_fill_latency_ms"] == {"p50": 300.0, "p95": 2015.0, "orders": 4}
+    monday, tuesday = report["periods"]
+    assert monday["first_fill_latency_ms"] == {"p50": 200.0, "p95": 290.0, "orders": 3}
+    assert monday["complete_fill_latency_ms"] == {"p50": 200.0, "p95": 2090.0, "orders": 3}
+    assert tuesday["first_fill_latency_ms"] == {"p50": 700.0, "p95": 970.0, "orders": 2}
+    assert tuesday["complete_fill_latency_ms"] == {"p50": 400.0, "p95": 400.0, "orders": 1}
+
+
+def test_latency_counts_orders_by_the_date_they_were_placed_even_when_filled_after_the_range(latencies):
+    late = datetime(2026, 3, 11, 3, 59, 59, 900_000, tzinfo=UTC)  # 23:59:59.9 on Tuesday in New York
+    placed("G", late)
+    filled("G", late + timedelta(milliseconds=250), "BUY", 100, "10.00", symbol="AMD")  # Wednesday by then
+
+    tuesday = stats_report(period="day", since=date(2026, 3, 10), until=date(2026, 3, 10))["periods"][0]
+
+    assert tuesday["first_fill_latency_ms"] == {"p50": 400.0, "p95": 940.0, "orders": 3}
+    assert tuesday["complete_fill_latency_ms"] == {"p50": 325.0, "p95": 392.5, "orders": 2}
+
+
+@pytest.fixture
+def trips():
+    """Monday: long 100 from 10.00, out at 10.50 and 9.75 (+9.50 after three 1 USD commissions); short 100 at 10.00,
+    bought back through zero with 200 at 10.25 (2 USD commission, half to each side): -27.00. Tuesday: the 100 long
+    from 10.25 sold at 10.50: +23.00 (1 USD of commission on Monday's half). Then 30 bought at 10.00 stay open."""
+    for ref, ts, side, qty, price, fee in (
+            ("t1", MON, "BUY", 100, "10.00", "1.00"),
+            ("t2", MON + timedelta(minutes=5), "SELL", 50, "10.50", "1.00"),
+            ("t3", MON + timedelta(minutes=10), "SELL", 50, "9.75", "1.00"),
+            ("t4", MON + timedelta(hours=1), "SELL", 100, "10.00", "1.00"),
+            ("t5", MON + timedelta(hours=1, minutes=5), "BUY", 200, "10.25", "2.00"),
+            ("t6", TUE, "SELL", 100, "10.50", "1.00"),
+            ("t7", TUE + timedelta(hours=1), "BUY", 30, "10.00", "1.00")):
+        filled(ref, ts, side, qty, price, fee)
+
+
+def test_round_trips_run_flat_to_flat_at_average_cost_after_commissions(trips):
+    report = stats_report(period="day", since=date(2026, 3, 9), until=date(2026, 3, 10))
+
+    totals = report["totals"]
+    assert (totals["round_trips"], totals["round_trip_wins"]) == (3, 2)
+    assert totals["round_trip_win_rate"] == pytest.approx(2 / 3)
+    assert totals["round_trip_pnl_usd"] == pytest.approx(9.5 - 27.0 + 23.0)
+    assert totals["round_trip_mean_pnl_usd"] == pytest.approx((9.5 - 27.0 + 23.0) / 3)
+    monday, tuesday = report["periods"]
+    assert (monday["round_trips"], monday["round_trip_wins"], monday["round_trip_win_rate"]) == (2, 1, 0.5)
+    assert monday["round_trip_pnl_usd"] == pytest.approx(9.5 - 27.0)
+    assert (tuesday["round_trips"], tuesday["round_trip_wins"], tuesday["round_trip_pnl_usd"]) == (1, 1, 23.0)
+    assert report["open_round_trips"] == [{"symbol": "NVDA", "shares": 30.0, "avg_cost_usd": 10.0,
+                                           "opened_at": (TUE + timedelta(hours=1)).isoformat(),
+                                           "realized_pnl_usd": -1.0}]
+
+
+def test_a_round_trip_that_opened_before_the_range_keeps_its_cost_and_commissions(trips):
+    tuesday = stats_report(period="day", since=date(2026, 3, 10), until=date(2026, 3, 10))["totals"]
+    monday = stats_report(period="day", since=date(2026, 3, 9), until=date(2026, 3, 9))
+
+    assert (tuesday["round_trips"], tuesday["round_trip_pnl_usd"]) == (1, 23.0)  # bought at 10.25 on Monday
+    assert monday["totals"]["round_trips"] == 2
+    assert monday["open_round_trips"][0]["shares"] == 100.0 and monday["open_round_trips"][0]["avg_cost_usd"] == 10.25
+
+
+def test_a_trip_closing_at_exactly_nothing_is_not_a_win():
+    filled("z1", MON, "BUY", 10, "10.00", "0.00")
+    filled("z2", MON + timedelta(minutes=1), "SELL", 10, "10.00", "0.00")
+
+    totals = stats_report(period="day")["totals"]
+
+    assert (totals["round_trips"], totals["round_trip_wins"], totals["round_trip_win_rate"]) == (1, 0, 0.0)
+
+
+@pytest.fixture
+def halts_and_blocks():
+    halted(MON + timedelta(hours=2), "daily loss -1,010.00 USD reached the limit of 1000 USD")
+    halted(MON + timedelta(hours=3), "operator reset", kind=Operation.Kind.RESET_HALT)  # not a halt
+    # 23:30 in New York on Tuesday is Wednesday in UTC: Tuesday's halt.
+    halted(datetime(2026, 3, 11, 3, 30, tzinfo=UTC), "daily loss -1,200.00 USD reached the limit of 1000 USD")
+    halted(TUE + timedelta(days=2), "after the range")
+    decision(MON - timedelta(days=3), False, ["cooldown"])  # before the range
+    decision(MON, False, ["cooldown", "spread_too_wide"])
+    decision(MON, False, ["cooldown"])
+    decision(MON, True, [])
+    decision(TUE, False, ["max_daily_hedges"])
+
+
+def test_risk_halts_and_blocked_decisions_are_counted_over_the_range_with_their_messages(halts_and_blocks):
+    report = stats_report(period="week", since=date(2026, 3, 9), until=date(2026, 3, 10))
+
+    totals = report["totals"]
+    assert totals["risk_halts"] == 2 and report["periods"][0]["risk_halts"] == 2
+    assert report["risk_halt_events"] == [
+        {"ts": "2026-03-09T16:00:00+00:00", "trading_date": "2026-03-09",
+         "message": "daily loss -1,010.00 USD reached the limit of 1000 USD"},
+        {"ts": "2026-03-11T03:30:00+00:00", "trading_date": "2026-03-10",
+         "message": "daily loss -1,200.00 USD reached the limit of 1000 USD"}]
+    assert totals["decisions_blocked"] == 3 and totals["decisions_allowed"] == 1
+    assert totals["blocks"] == {"cooldown": 2, "max_daily_hedges": 1, "spread_too_wide": 1}
+
+
+def test_the_command_prints_latency_round_trips_and_halts(latencies, trips, halts_and_blocks):
+    code, out, _ = call("stats", "--since", "2026-03-09", "--until", "2026-03-10")
+
+    assert code == 0
+    assert "first fill p50 300.0 ms  p95 880.0 ms over 5 orders" in out
+    assert "complete fill (last fill of a fully filled order) p50 300.0 ms  p95 2,015.0 ms over 4 orders" in out
+    assert "3 closed, 2 won (win rate 67 %), mean 1.83 USD per trip, total 5.50 USD" in out
+    assert "open at the end: NVDA +30 shares at 10.0000 USD average cost" in out
+    assert "risk halts: 2" in out and "daily loss -1,200.00 USD reached the limit of 1000 USD" in out
+    assert "blocked hedges by reason (3 blocked decisions): cooldown 2" in out
+
+    code, out, _ = call("stats", "--format", "json", "--since", "2026-03-09T00:00:00+00:00", "--until",
+                        "2026-03-10T00:00:00+00:00")
+    body = json.loads(out)
+    assert code == 0 and body["totals"]["round_trips"] == 2  # an ISO instant is exact: Monday's trips only
+    assert body["totals"]["first_fill_latency_ms"]["orders"] == 3 and body["totals"]["risk_halts"] == 1
+
+
+NEW_TOTALS = {"first_fill_latency_ms", "complete_fill_latency_ms", "round_trips", "round_trip_wins",
+              "round_trip_win_rate", "round_trip_pnl_usd", "round_trip_mean_pnl_usd", "risk_halts"}
+OLD_TOTALS = {"hedges", "fills", "filled_shares", "commissions_usd", "slippage_bps", "pnl_usd", "pnl_days",
+              "winning_days", "win_rate", "pnl_distribution", "realized_vol", "implied_vol", "gamma_usd", "theta_usd",
+              "decisions_allowed", "decisions_blocked", "blocks"}
+
+
+def test_the_api_adds_the_new_figures_and_keeps_the_old_keys(viewer_api, latencies, trips, halts_and_blocks):
+    response = viewer_api.get("/api/stats/", {"period": "day", "since": "2026-03-09", "until": "2026-03-10"})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"period", "since", "until", "timezone", "totals", "periods", "pnl_daily", "pnl_histogram",
+                         "risk_halt_events", "open_round_trips"}
+    assert set(body["totals"]) == OLD_TOTALS | NEW_TOTALS
+    assert set(body["periods"][0]) == OLD_TOTALS | NEW_TOTALS | {"start", "end", "label"}
+    assert body["totals"]["first_fill_latency_ms"] == {"p50": 300.0, "p95": 880.0, "orders": 5}
+    assert (body["totals"]["round_trips"], body["totals"]["round_trip_wins"]) == (3, 2)
+    assert [h["trading_date"] for h in body["risk_halt_events"]] == ["2026-03-09", "2026-03-10"]
+
+
+@pytest.fixture
+def stats_page(client, viewer):
+    client.force_login(viewer)
+    return client
+
+
+def test_the_page_has_a_range_form_and_draws_the_daily_pnl_histogram(stats_page, latencies, trips, halts_and_blocks):
+    snapshot(MON, 100.0, daily=120.0, gamma=0.0, theta=0.0)
+    snapshot(TUE, 100.0, daily=-35.0, gamma=0.0, theta=0.0)
+
+    response = stats_page.get("/stats/", {"since": "2026-03-09", "until": "2026-03-10", "period": "week"})
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'id="stats-form"' in page
+    assert '<input type="date" name="since" value="2026-03-09"' in page
+    assert '<input type="date" name="until" value="2026-03-10"' in page
+    assert '<option value="week" selected>by week</option>' in page
+    histogram = page[page.index('id="pnl-histogram"'):page.index('id="latency"')]
+    assert "<svg" in histogram and histogram.count("<rect") == 20  # Monday +120 USD and Tuesday -35 USD, 20 bins
+    assert "-35.00 to -27.25 USD, days: 1" in histogram and "112.25 to 120.00 USD, days: 1" in histogram
+    assert 'fill="#ff4d4f"' in histogram and 'fill="#2ecc71"' in histogram  # a losing and a winning bin
+    assert "300.0 ms" in page and "880.0 ms" in page and "2015.0 ms" in page
+    assert "66.7 % of closed trips with P&amp;L &gt; 0" in page and "1.83 USD per trip" in page
+    assert '<p id="halt-count">2 halt(s)</p>' in page and "2026-03-10 23:30:00 EDT" in page
+    assert "daily loss -1,010.00 USD reached the limit of 1000 USD" in page
+    assert "cooldown" in page and "3 blocked, 1 allowed decisions" in page
+
+
+def test_the_page_refuses_a_backwards_range_on_its_field(stats_page):
+    response = stats_page.get("/stats/", {"since": "2026-03-10", "until": "2026-03-09"})
+
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "until: must not be before since" in page and 'data-field="until"' in page
+    assert stats_page.get("/stats/", {"since": "soon"}).status_code == 400
+
+
+def test_without_a_range_the_page_shows_the_whole_history_by_day(stats_page, history):
+    response = stats_page.get("/stats/")
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "P&amp;L per day" in page and "2026-03-09" in page and "2026-03-10" in page
+
+
+def test_a_histogram_of_one_value_draws_one_bar_a_unit_wide_and_a_bin_across_zero_grey():
+    from backtests import charts
+
+    single = str(charts.histogram([12.5, 12.5], [3], "USD", "days"))
+    across = str(charts.histogram([-10.0, 10.0, 30.0], [2, 1], "USD", "days"))
+
+    assert single.count("<rect") == 1 and "12.00 to 13.00 USD, days: 3" in single
+    assert 'fill="#9aa4b2"' in across and 'fill="#2ecc71"' in across and 'fill="#ff4d4f"' not in across
+    assert ">-10 USD</text>" in across and ">0 USD</text>" in across and ">30 USD</text>" in across

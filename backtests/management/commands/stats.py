@@ -2,7 +2,10 @@
 what the daemon did, from the history tables only; works with the daemon offline.
 
 --since/--until take a date (a whole US/Eastern trading date, both inclusive) or an ISO 8601 instant with an
-offset (until exclusive). Exit codes: 0 printed, 1 refused input (a bad date names the option), 2 usage error."""
+offset (until exclusive). Besides hedges, fills, P&L, slippage, vol and blocks: order -> fill latency (p50/p95 ms to
+the first and to the last fill), win rate per hedge round trip and risk halts with their messages (the keys are those
+of `backtests.stats.stats_report`). Exit codes: 0 printed, 1 refused input (a bad date names the option), 2 usage
+error."""
 from __future__ import annotations
 
 import json
@@ -31,7 +34,8 @@ def parse_when(option: str, text: str | None) -> date | datetime | None:
 
 
 class Command(BaseCommand):
-    help = "Statistics of hedges, fills, P&L, slippage, vol and blocks from the history tables."
+    help = ("Statistics of hedges, fills, P&L, slippage, vol, order-to-fill latency, hedge round trips, risk halts "
+            "and blocks from the history tables.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--period", choices=PERIODS, default="day")
