@@ -64,8 +64,10 @@ def dataset_create(*, name: str, ticks: tickdata.TickData, source: str, user: st
 
 def dataset_import_csv(*, name: str, file: str | Path | IO[str], user: str, source: str = "import",
                        progress: tickdata.Progress | None = None, original_name: str = "") -> MarketDataset:
-    """Validate a tick CSV in full and store it; a bad row raises DataFileError(line, reason), nothing is stored."""
-    ticks = tickdata.read_ticks_csv(file, progress=progress)
+    """Validate a tick file in full (a CSV, or Parquet from a path) and store it; a bad row raises
+    DataFileError(line, reason), nothing is stored."""
+    ticks = (tickdata.read_ticks(file, progress=progress) if isinstance(file, str | Path)
+             else tickdata.read_ticks_csv(file, progress=progress))
     label = original_name or (Path(file).name if isinstance(file, str | Path) else "")
     meta: dict[str, Any] = {"original_name": label}
     if isinstance(file, str | Path):
@@ -157,11 +159,11 @@ def dataset_import_execute(*, import_id: int) -> str:
     try:
         path = Path(job.file.path)
         dataset = dataset_import_csv(name=job.name, file=path, user=job.created_by, source="upload",
-                                     progress=_ImportProgress(job.pk, tickdata.count_lines(path)),
+                                     progress=_ImportProgress(job.pk, tickdata.count_rows(path)),
                                      original_name=job.original_name)
         fields = {"state": RunState.DONE, "dataset": dataset, "progress": 100}
     except DataFileError as exc:
-        fields = {"state": RunState.FAILED, "error": f"refused, nothing imported: line {exc.line}: {exc.reason}"}
+        fields = {"state": RunState.FAILED, "error": f"refused, nothing imported: {exc}"}
     except (ConfigError, UnicodeDecodeError, OSError, ValueError) as exc:
         fields = {"state": RunState.FAILED, "error": f"refused, nothing imported: {exc}"}
     except Exception as exc:  # a bug must still end the job visibly instead of leaving it `running` for ever

@@ -52,7 +52,9 @@ if _env_bool("BIFROST_TRUST_PROXY_SSL", False):
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    # The admin is discovered by the URL map (bifrost/urls.py), so commands that serve no page (a backtest, the
+    # daemon) skip importing every admin module at start-up.
+    "django.contrib.admin.apps.SimpleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

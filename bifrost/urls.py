@@ -2,6 +2,8 @@
 from django.contrib import admin
 from django.urls import include, path
 
+admin.autodiscover()  # here, not at start-up: settings install SimpleAdminConfig
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("monitor.urls")),

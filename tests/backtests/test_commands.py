@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
+from backtests import data as tickdata
 from backtests.data import write_ticks_csv
 from backtests.models import BacktestRun, MarketDataset
 from tests.backtests.conftest import REPO, market
@@ -133,3 +134,22 @@ def test_import_ticks_stores_a_dataset_or_refuses_with_the_line(ticks_csv, tmp_p
     code, _, err = call("import_ticks", str(bad))
     assert code == 1 and "line 3" in err and "nothing imported" in err
     assert MarketDataset.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_parquet_file_backtests_and_imports_like_its_csv(ticks_csv, tmp_path):
+    parquet = tmp_path / "ticks.parquet"
+    tickdata.write_ticks_parquet(tickdata.read_ticks_csv(ticks_csv), parquet)
+    results = []
+    for source in (ticks_csv, parquet):
+        out = tmp_path / f"{source.suffix}.json"
+        code, _, err = call("backtest", "--data", str(source), "--start-position", "straddle:5", "--out", str(out))
+        assert code == 0, err
+        results.append(json.loads(out.read_text()))
+    for result in results:
+        del result["timing"]
+    assert results[0] == results[1] and results[0]["ticks"] == 4000
+
+    code, out, _ = call("import_ticks", str(parquet), "--name", "as parquet")
+    assert code == 0 and "4000 ticks" in out
+    assert MarketDataset.objects.get().name == "as parquet"

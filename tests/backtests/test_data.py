@@ -18,17 +18,26 @@ from trading.errors import ConfigError, DataFileError
 from trading.models import StatusHistory
 
 
-def read(text: str) -> tickdata.TickData:
-    return read_ticks_csv(io.StringIO(text))
+@pytest.fixture(params=["file", "stream"])
+def read(request, tmp_path):
+    """The tick CSV read from a file (pyarrow, with the row-by-row reader behind it) and from a stream (row by
+    row): every rule must hold on both."""
+    def read(text: str) -> tickdata.TickData:
+        if request.param == "stream":
+            return read_ticks_csv(io.StringIO(text))
+        path = tmp_path / "ticks.csv"
+        path.write_text(text, newline="")
+        return read_ticks_csv(path)
+    return read
 
 
-def refused_at(text: str) -> DataFileError:
+def refused_at(read, text: str) -> DataFileError:
     with pytest.raises(DataFileError) as info:
         read(text)
     return info.value
 
 
-def test_reads_iso_and_epoch_timestamps_with_optional_columns():
+def test_reads_iso_and_epoch_timestamps_with_optional_columns(read):
     ticks = read("ts,bid,ask,last,iv\n"
                  "2026-03-10T14:30:00+00:00,179.9,180.1,180.0,0.35\n"
                  "2026-03-10T10:30:01-04:00,179.8,180.0,,\n"
@@ -43,7 +52,7 @@ def test_reads_iso_and_epoch_timestamps_with_optional_columns():
     assert ticks.iv[3] == 0.37 and ticks.has_iv
 
 
-def test_header_only_needs_ts_bid_ask_in_any_order():
+def test_header_only_needs_ts_bid_ask_in_any_order(read):
     ticks = read("ask,ts,bid\n180.1,1773153000,179.9\n")
 
     assert (ticks.bid[0], ticks.ask[0]) == (179.9, 180.1)
@@ -63,23 +72,30 @@ def test_header_only_needs_ts_bid_ask_in_any_order():
     ("ts,bid,ask\nyesterday,1,2\n", 2, "neither ISO 8601 nor epoch"),
     ("ts,bid,ask,iv\n1773153000,1,2,35\n", 2, "fraction"),
     ("ts,bid,ask,volume\n1773153000,1,2,7\n", 1, "unknown column"),
+    ("ts,bid,ask,last\n1773153000,1,2,nan\n", 2, "last is NaN"),
+    ("ts,bid,ask\n1773153000,1,inf\n", 2, "ask is not finite"),
+    ("ts,bid,ask\n1773153000,,2\n", 2, "bid is not a number"),
+    ("ts,bid,ask\n2026-02-30T14:30:00Z,1,2\n", 2, "neither ISO 8601 nor epoch"),
+    ("ts,bid,ask\n1773153000,1,2\n2026-03-10T14:29:59.5+00:00,1,2\n", 3, "strictly increasing"),
+    ("ts,bid,ask\n1773153000,1,2\n1773153001,1,2,3\n", 3, "more fields"),
+    ("ts,bid,ask\n1773153000,1,2\n\"1773153001,1,2\n", 3, "missing column"),
     ("ts,bid,ask\n", 2, "no data rows"),
     ("", 1, "empty file"),
 ])
-def test_bad_rows_are_refused_with_their_line_number(text, line, words):
-    error = refused_at(text)
+def test_bad_rows_are_refused_with_their_line_number(read, text, line, words):
+    error = refused_at(read, text)
 
     assert error.line == line
     assert words in error.reason
 
 
-def test_line_numbers_count_the_header_and_blank_lines():
-    error = refused_at("ts,bid,ask\n\n1773153000,1,2\n\n1773153001,x,2\n")
+def test_line_numbers_count_the_header_and_blank_lines(read):
+    error = refused_at(read, "ts,bid,ask\n\n1773153000,1,2\n\n1773153001,x,2\n")
 
     assert error.line == 5
 
 
-def test_csv_round_trip_keeps_every_value():
+def test_csv_round_trip_keeps_every_value(read):
     ticks = generate(SyntheticSpec(days=1, seed=3, vol_of_vol=0.8))
     buffer = io.StringIO()
 
@@ -89,6 +105,57 @@ def test_csv_round_trip_keeps_every_value():
     assert np.array_equal(back.ts_us, ticks.ts_us)
     assert np.array_equal(back.bid, ticks.bid) and np.array_equal(back.ask, ticks.ask)
     assert np.array_equal(back.iv, ticks.iv)
+
+
+def test_the_columnar_reader_reads_what_the_row_reader_reads_bit_for_bit(tmp_path):
+    ticks = generate(SyntheticSpec(days=2, seed=5, vol_of_vol=0.8))
+    path = tmp_path / "ticks.csv"
+    write_ticks_csv(ticks, path)
+    lines = path.read_text().splitlines(keepends=True)
+    # Epoch seconds with up to six decimals in a file of their own (a batch holds one form or goes row by row).
+    epoch = tmp_path / "epoch.csv"
+    epoch.write_text(lines[0] + "".join(f"{us // 1_000_000}.{us % 1_000_000:06d}{line[line.index(','):]}"
+                                        for us, line in zip(ticks.ts_us, lines[1:], strict=True)))
+
+    for source in (path, epoch):
+        fast = read_ticks_csv(source)
+        with open(source, newline="") as f:
+            exact = tickdata._read_csv_rows(f, capacity=len(ticks), progress=None)
+        for name in ("ts_us", "bid", "ask", "last", "iv"):
+            assert np.array_equal(getattr(fast, name), getattr(exact, name), equal_nan=True), (source, name)
+    assert np.array_equal(fast.ts_us, ticks.ts_us)
+
+
+def test_a_bad_row_deep_in_a_large_file_is_named_by_the_columnar_path(tmp_path):
+    rows = [f"{1773153000 + i},1,2\n" for i in range(300_000)]
+    rows[250_000] = "1773403000,2,1\n"
+    path = tmp_path / "big.csv"
+    path.write_text("ts,bid,ask\n" + "".join(rows))
+
+    with pytest.raises(DataFileError) as info:
+        read_ticks_csv(path)
+
+    assert (info.value.line, info.value.reason) == (250_002, "crossed quote: bid 2 > ask 1")
+
+
+def test_parquet_holds_the_same_ticks_and_names_a_bad_row(tmp_path):
+    ticks = generate(SyntheticSpec(days=4, seed=6))
+    path = tmp_path / "ticks.parquet"
+    tickdata.write_ticks_parquet(ticks, path)
+
+    back = tickdata.read_ticks(path)
+
+    for name in ("ts_us", "bid", "ask", "last", "iv"):
+        assert np.array_equal(getattr(back, name), getattr(ticks, name), equal_nan=True), name
+    assert tickdata.count_rows(path) == len(ticks)
+
+    crossed = tickdata.TickData(ticks.ts_us.copy(), ticks.bid.copy(), ticks.ask.copy(), ticks.last, ticks.iv)
+    crossed.bid[70_000] = crossed.ask[70_000] + 1  # in the second batch
+    tickdata.write_ticks_parquet(crossed, path)
+    with pytest.raises(DataFileError) as info:
+        tickdata.read_ticks(path)
+    assert info.value.line == 70_001 and "crossed quote" in info.value.reason
+    assert str(info.value).startswith("row 70001:")
 
 
 @pytest.mark.django_db

@@ -1,4 +1,4 @@
-"""`manage.py backtest --data FILE.csv [--params JSON_OR_FILE] [--start-position straddle:N] [--out result.json]
+"""`manage.py backtest --data FILE.csv|FILE.parquet [--params JSON_OR_FILE] [--start-position straddle:N] [--out result.json]
 [--decisions decisions.csv] [--save]` (DESIGN §7): a synchronous replay, no broker, no database writes unless --save.
 
 Exit codes: 0 done; 1 refused input (bad params name the field, a bad CSV names the line, a bad synthetic spec
@@ -47,10 +47,11 @@ def progress_bar(total: int, desc: str, unit: str) -> tqdm:  # type: ignore[type
 
 class Command(BaseCommand):
     help = "Replay ticks through the trading engine with simulated fills and report the result (DESIGN §7)."
+    requires_system_checks: list[str] = []  # a replay serves no page: skip importing the URL map and the admin
 
     def add_arguments(self, parser: CommandParser) -> None:
         source = parser.add_mutually_exclusive_group(required=True)
-        source.add_argument("--data", metavar="FILE.csv", help="tick CSV: ts,bid,ask[,last][,iv]")
+        source.add_argument("--data", metavar="FILE", help="tick CSV or Parquet: ts,bid,ask[,last][,iv]")
         source.add_argument("--synthetic", metavar="JSON_OR_FILE",
                             help='seeded synthetic market, e.g. \'{"seed": 7, "days": 5, "realized_vol": 0.8}\'')
         source.add_argument("--dataset", metavar="ID", type=int, help="a stored MarketDataset (read only)")
@@ -75,7 +76,7 @@ class Command(BaseCommand):
             self.stderr.write(f"backtest: refused: {field}: {exc.reason}")
             sys.exit(EXIT_REFUSED)
         except DataFileError as exc:
-            self.stderr.write(f"backtest: refused: {options.get('data')}: line {exc.line}: {exc.reason}")
+            self.stderr.write(f"backtest: refused: {options.get('data')}: {exc}")
             sys.exit(EXIT_REFUSED)
         except OSError as exc:
             self.stderr.write(f"backtest: refused: {exc}")
@@ -89,8 +90,8 @@ class Command(BaseCommand):
         dataset = None
         if options["data"]:
             path = Path(options["data"])
-            with progress_bar(tickdata.count_lines(path), f"reading {path.name}", "rows") as bar:
-                ticks = tickdata.read_ticks_csv(path, progress=bar.update)
+            with progress_bar(tickdata.count_rows(path), f"reading {path.name}", "rows") as bar:
+                ticks = tickdata.read_ticks(path, progress=bar.update)
         elif options["synthetic"] is not None:
             spec = tickdata.SyntheticSpec.from_dict(load_json_arg("--synthetic", options["synthetic"]))
             synthetic = spec.to_dict()

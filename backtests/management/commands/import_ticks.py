@@ -1,4 +1,5 @@
-"""`manage.py import_ticks FILE.csv [--name N]`: validate a tick CSV in full and store it as a MarketDataset.
+"""`manage.py import_ticks FILE.csv|FILE.parquet [--name N]`: validate a tick file in full and store it as a
+MarketDataset.
 
 A bad row is refused with its line number and nothing is stored (exit 1)."""
 from __future__ import annotations
@@ -17,20 +18,20 @@ from trading.errors import ConfigError, DataFileError
 
 
 class Command(BaseCommand):
-    help = "Import a tick CSV (ts,bid,ask[,last][,iv]) as a backtest dataset."
+    help = "Import a tick CSV or Parquet file (ts,bid,ask[,last][,iv]) as a backtest dataset."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("file", metavar="FILE.csv")
+        parser.add_argument("file", metavar="FILE.csv|FILE.parquet")
         parser.add_argument("--name", default=None, help="dataset name (default: the file name)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         path = Path(options["file"])
         try:
-            with progress_bar(tickdata.count_lines(path), f"importing {path.name}", "rows") as bar:
+            with progress_bar(tickdata.count_rows(path), f"importing {path.name}", "rows") as bar:
                 dataset = dataset_import_csv(name=options["name"] or path.name, file=path,
                                              user=f"cli:{getpass.getuser()}", progress=bar.update)
         except DataFileError as exc:
-            self.stderr.write(f"import_ticks: refused: {path}: line {exc.line}: {exc.reason} (nothing imported)")
+            self.stderr.write(f"import_ticks: refused: {path}: {exc} (nothing imported)")
             sys.exit(1)
         except (ConfigError, OSError) as exc:
             self.stderr.write(f"import_ticks: refused: {exc} (nothing imported)")
