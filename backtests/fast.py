@@ -111,15 +111,16 @@ def unsupported(params: StrategyParams) -> tuple[str, str] | None:
 # ---- state-array helpers --------------------------------------------------------------------------------------
 
 
-def _leg_price(leg: np.ndarray, spot: float, strike: float, t: float, rate: float, div: float,
+def _leg_price(legs: np.ndarray, k: int, spot: float, strike: float, t: float, rate: float, div: float,
                vol: float) -> None:
-    """Black-Scholes for one leg, skipped when the inputs are the floats of the last call: a tick prices each leg
-    for its option quote, then the engine evaluates it at exactly those inputs again."""
-    if leg[L_SPOT] == spot and leg[L_T] == t and leg[L_VOL] == vol:
+    """Black-Scholes for leg k, skipped when the inputs are the floats of the last call: a tick prices each leg
+    for its option quote, then the engine evaluates it at exactly those inputs again. (Legs are indexed, never
+    taken as row views: a view costs an allocation per call in compiled code.)"""
+    if legs[k, L_SPOT] == spot and legs[k, L_T] == t and legs[k, L_VOL] == vol:
         return
-    price, delta, gamma, _, _ = bs_scalar(leg[L_SIGN], spot, strike, t, rate, div, vol)
-    leg[L_SPOT], leg[L_T], leg[L_VOL] = spot, t, vol
-    leg[L_PRICE], leg[L_DELTA], leg[L_GAMMA] = price, delta, gamma
+    price, delta, gamma, _, _ = bs_scalar(legs[k, L_SIGN], spot, strike, t, rate, div, vol)
+    legs[k, L_SPOT], legs[k, L_T], legs[k, L_VOL] = spot, t, vol
+    legs[k, L_PRICE], legs[k, L_DELTA], legs[k, L_GAMMA] = price, delta, gamma
 
 
 def _ledger_total(hold: np.ndarray, fs: np.ndarray) -> float:
@@ -185,20 +186,19 @@ def _mark(fs: np.ndarray, hold: np.ndarray, legs: np.ndarray, spot: float) -> No
     if math.isfinite(spot):
         hold[HOLD_HEDGE, H_MARK] = spot
     for k in range(LEGS):
-        leg = legs[k]
         h = HOLD_HEDGE + 1 + k
-        if not math.isnan(leg[L_SETTLED]):
-            hold[h, H_MARK] = leg[L_SETTLED]
+        if not math.isnan(legs[k, L_SETTLED]):
+            hold[h, H_MARK] = legs[k, L_SETTLED]
             continue
-        market = not math.isnan(leg[L_MID])
-        mark = leg[L_MID] if market else leg[L_PRICE]
-        if market != (leg[L_MARKET] == 1.0):
+        market = not math.isnan(legs[k, L_MID])
+        mark = legs[k, L_MID] if market else legs[k, L_PRICE]
+        if market != (legs[k, L_MARKET] == 1.0):
             if math.isfinite(mark):
                 before = unrealized_usd(hold[h, H_QTY], hold[h, H_MARK], hold[h, H_AVG], hold[h, H_MULT])
                 hold[h, H_MARK] = mark
                 fs[F_DAYSTART] += unrealized_usd(hold[h, H_QTY], hold[h, H_MARK], hold[h, H_AVG],
                                                  hold[h, H_MULT]) - before
-            leg[L_MARKET] = 1.0 if market else 0.0
+            legs[k, L_MARKET] = 1.0 if market else 0.0
         elif math.isfinite(mark):
             hold[h, H_MARK] = mark
 
@@ -228,11 +228,10 @@ def _evaluate(now: int, fs: np.ndarray, ist: np.ndarray, hold: np.ndarray, legs:
             t = years_to(pf[P_EXPIRY_S], now / 1e6)
             units = pf[P_QTY] * 100.0
             for k in range(LEGS):
-                leg = legs[k]
-                _leg_price(leg, spot, pf[P_STRIKE], t, pf[P_RATE], pf[P_DIV],
-                           pf[P_FALLBACK] if math.isnan(leg[L_IV]) else leg[L_IV])
-                delta += units * leg[L_DELTA]
-                valid = valid and math.isfinite(leg[L_DELTA]) and math.isfinite(leg[L_GAMMA])
+                _leg_price(legs, k, spot, pf[P_STRIKE], t, pf[P_RATE], pf[P_DIV],
+                           pf[P_FALLBACK] if math.isnan(legs[k, L_IV]) else legs[k, L_IV])
+                delta += units * legs[k, L_DELTA]
+                valid = valid and math.isfinite(legs[k, L_DELTA]) and math.isfinite(legs[k, L_GAMMA])
         fs[F_DELTA] = delta
         ist[I_VALID] = 1 if valid else 0
         _mark(fs, hold, legs, spot)
@@ -289,11 +288,12 @@ def _fill(i: int, at: int, fs: np.ndarray, ist: np.ndarray, hold: np.ndarray, pf
     commission = commission_usd(shares, price, pf[P_COMM_PS], pf[P_COMM_MIN])
     signed = shares if qty > 0 else -shares
     fs[F_HEDGE] += signed
-    hedge = hold[HOLD_HEDGE]
-    hedge[H_QTY], hedge[H_AVG], realized = book_trade(hedge[H_QTY], hedge[H_AVG], signed, price, hedge[H_MULT])
-    hedge[H_REAL] += realized
-    if math.isnan(hedge[H_MARK]):
-        hedge[H_MARK] = price
+    h = HOLD_HEDGE
+    hold[h, H_QTY], hold[h, H_AVG], realized = book_trade(hold[h, H_QTY], hold[h, H_AVG], signed, price,
+                                                          hold[h, H_MULT])
+    hold[h, H_REAL] += realized
+    if math.isnan(hold[h, H_MARK]):
+        hold[h, H_MARK] = price
     fs[F_COMM] += commission
     fs[F_LHP] = price
     ist[I_PENDING] = 0
@@ -307,16 +307,16 @@ def _fill(i: int, at: int, fs: np.ndarray, ist: np.ndarray, hold: np.ndarray, pf
     ist[I_NFILLS] = k + 1
 
 
-def _option_quote(leg: np.ndarray, mid: float, t: float, pf: np.ndarray, iv: float) -> bool:
-    """The replay's OptionQuote for a leg (Black-Scholes at the tick's mid and IV, bid = ask = price) and the
+def _option_quote(legs: np.ndarray, k: int, mid: float, t: float, pf: np.ndarray, iv: float) -> bool:
+    """The replay's OptionQuote for leg k (Black-Scholes at the tick's mid and IV, bid = ask = price) and the
     book taking it; False when the price is no valid quote, so none is sent."""
-    _leg_price(leg, mid, pf[P_STRIKE], t, pf[P_RATE], pf[P_DIV], iv)
-    price = leg[L_PRICE]
+    _leg_price(legs, k, mid, pf[P_STRIKE], t, pf[P_RATE], pf[P_DIV], iv)
+    price = legs[k, L_PRICE]
     if not price > 0.0:
         return False
-    if math.isnan(leg[L_SETTLED]):  # a settled leg takes no quotes
-        leg[L_MID] = mid_price(price, price)
-        leg[L_IV] = iv
+    if math.isnan(legs[k, L_SETTLED]):  # a settled leg takes no quotes
+        legs[k, L_MID] = mid_price(price, price)
+        legs[k, L_IV] = iv
     return True
 
 
@@ -353,7 +353,7 @@ def _kernel(i0: int, i1: int, ts: np.ndarray, bid: np.ndarray, ask: np.ndarray, 
                 if not has_iv:
                     continue
                 t = years_to(pf[P_EXPIRY_S], now / 1e6)
-                if not _option_quote(legs[event - EV_CALL_QUOTE], mid_price(bid[i], ask[i]), t, pf, iv[i]):
+                if not _option_quote(legs, event - EV_CALL_QUOTE, mid_price(bid[i], ask[i]), t, pf, iv[i]):
                     continue
                 _roll_day(now, fs, ist, hold, bounds)
             else:
@@ -389,12 +389,11 @@ def _row(i: int, fs: np.ndarray, ist: np.ndarray, hold: np.ndarray, pf: np.ndarr
             out_i[OI_REASONS, i] = mask
             out_f[O_INTENT, i] = intent
             out_f[O_ORDER, i] = qty
-    hedge = hold[HOLD_HEDGE]
     out_f[O_HS, i] = fs[F_HEDGE]
-    out_f[O_HQ, i] = hedge[H_QTY]
-    out_f[O_HAVG, i] = hedge[H_AVG]
-    out_f[O_HREAL, i] = hedge[H_REAL]
-    out_f[O_HMARK, i] = hedge[H_MARK]
+    out_f[O_HQ, i] = hold[HOLD_HEDGE, H_QTY]
+    out_f[O_HAVG, i] = hold[HOLD_HEDGE, H_AVG]
+    out_f[O_HREAL, i] = hold[HOLD_HEDGE, H_REAL]
+    out_f[O_HMARK, i] = hold[HOLD_HEDGE, H_MARK]
     out_f[O_CMARK, i] = hold[HOLD_HEDGE + 1, H_MARK]
     out_f[O_PMARK, i] = hold[HOLD_HEDGE + 2, H_MARK]
     out_f[O_COMM, i] = fs[F_COMM]
@@ -481,7 +480,7 @@ def run_fast(data: TickData, params: StrategyParams, structure: Structure, execu
     if not math.isnan(data.iv[0]):  # tick 0's option quotes reach the book before its stock quote
         mid0 = mid_price(float(data.bid[0]), float(data.ask[0]))
         for k in range(LEGS):
-            _option_quote(legs[k], mid0, years_to(pf[P_EXPIRY_S], t0 / 1e6), pf, float(data.iv[0]))
+            _option_quote(legs, k, mid0, years_to(pf[P_EXPIRY_S], t0 / 1e6), pf, float(data.iv[0]))
     ist[I_STATE] = S_SYNC  # BrokerStatus, PositionsSynced and Reconciled before tick 0: boot → sync
     # Column-major outputs: each trace column is one contiguous row here, handed over without a copy.
     out_f = np.empty((N_OF, n))
