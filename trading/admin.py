@@ -9,11 +9,14 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.http import HttpRequest
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
+from trading.commander import strategy_sending_set
 from trading.daemon.journal import DEAD_LETTER_NAME, rejected_records
 from trading.models import (
     AccountSnapshot,
+    CommanderRun,
     ControlCommand,
     ControlState,
     DaemonLease,
@@ -22,11 +25,14 @@ from trading.models import (
     ManagedLeg,
     Operation,
     Order,
+    PortfolioSnapshot,
     Position,
     SinkProgress,
     StatusCurrent,
     StatusHistory,
+    Strategy,
     StrategyConfig,
+    StrategyIntent,
 )
 
 admin.site.site_header = "Bifrost control room"
@@ -254,3 +260,90 @@ class StatusHistoryAdmin(ReadOnlyAdmin):
 @admin.register(StatusCurrent)
 class StatusCurrentAdmin(ReadOnlyAdmin):
     list_display = ("ts", "daemon_state", "trading_state", "verdict")
+
+
+# ---- strategies and the commander ------------------------------------------------------------------------------
+
+
+def _contract_label(contract: dict[str, Any]) -> str:
+    return contract.get("local_symbol") or " ".join(str(contract.get(k) or "") for k in
+                                                    ("symbol", "expiry", "strike", "right")).strip()
+
+
+def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    if not rows:
+        return format_html("<em>{}</em>", "none")
+    head = format_html_join("", "<th>{}</th>", ((h,) for h in headers))
+    body = format_html_join("", "<tr>{}</tr>", ((format_html_join("", "<td>{}</td>", ((c,) for c in row)),)
+                                                 for row in rows))
+    return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
+
+
+@admin.register(Strategy)
+class StrategyAdmin(admin.ModelAdmin):
+    list_display = ("slug", "kind", "enabled", "send_enabled", "capital_allocation")
+    list_filter = ("kind", "enabled", "send_enabled")
+
+    def save_model(self, request: HttpRequest, obj: Strategy, form: Any, change: bool) -> None:
+        """Sending is switched through the audited service, whatever else the form changed."""
+        sending = obj.send_enabled
+        if change:
+            obj.send_enabled = Strategy.objects.get(pk=obj.pk).send_enabled
+        else:
+            obj.send_enabled = False
+        super().save_model(request, obj, form, change)
+        strategy_sending_set(strategy=obj, enabled=sending, user=request.user.get_username(), now=timezone.now())
+
+
+@admin.register(StrategyIntent)
+class StrategyIntentAdmin(ReadOnlyAdmin):
+    list_display = ("strategy", "updated_at", "status", "error_message")
+    list_filter = ("status", "strategy")
+    readonly_fields = ("targets",)
+
+    @admin.display(description="target positions")
+    def targets(self, obj: StrategyIntent) -> str:
+        return _table(("contract", "qty", "price USD"), [(_contract_label(t["contract"]), t["qty"], t["price_usd"])
+                                                         for t in obj.target_positions])
+
+
+@admin.register(PortfolioSnapshot)
+class PortfolioSnapshotAdmin(ReadOnlyAdmin):
+    list_display = ("taken_at", "account", "net_liquidation", "available_funds")
+
+
+@admin.register(CommanderRun)
+class CommanderRunAdmin(ReadOnlyAdmin):
+    list_display = ("id", "executed_at", "trigger", "dry_run", "state", "summary")
+    list_filter = ("state", "dry_run", "trigger")
+    readonly_fields = ("final_target", "diff", "planned_orders", "skipped", "clipped")
+
+    @admin.display(description="final target")
+    def final_target(self, obj: CommanderRun) -> str:
+        return self._quantities(obj.decision.get("final_target", []))
+
+    @admin.display(description="diff")
+    def diff(self, obj: CommanderRun) -> str:
+        return self._quantities(obj.decision.get("diff", []))
+
+    @admin.display(description="orders")
+    def planned_orders(self, obj: CommanderRun) -> str:
+        return _table(("orderRef", "contract", "action", "qty", "limit USD", "outcome"), [
+            (o["order_ref"], _contract_label(o["contract"]), o["action"], o["qty"], o["limit_price_usd"],
+             o["outcome"]) for o in obj.orders])
+
+    @admin.display(description="skipped strategies")
+    def skipped(self, obj: CommanderRun) -> str:
+        return _table(("strategy", "why", "reason"), [(slug, kind, reason) for kind, reasons in
+                                                      obj.decision.get("skipped", {}).items()
+                                                      for slug, reason in reasons.items()])
+
+    @admin.display(description="clipped")
+    def clipped(self, obj: CommanderRun) -> str:
+        return _table(("contract", "rule", "from", "to", "strategy"), [
+            (_contract_label(c["contract"]), c["rule"], c["from"], c["to"], c.get("strategy", ""))
+            for c in obj.decision.get("clipped", [])])
+
+    @staticmethod
+    def _quantities(rows: list[dict[str, Any]]) -> str:
+        return _table(("contract", "qty"), [(_contract_label(r["contract"]), r["qty"]) for r in rows])

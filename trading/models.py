@@ -174,6 +174,9 @@ class Operation(models.Model):
         HEDGE_BLOCKED = "hedge_blocked"
         FLATTEN_DONE = "flatten_done"
         FLATTEN_FAILED = "flatten_failed"
+        # strategies and the commander
+        STRATEGY_SENDING = "strategy_sending", "strategy sending switched"
+        COMMANDER_RUN = "commander_run"
         # orders and fills
         ORDER_SENT = "order_sent"
         ORDER_WORKING = "order_working"
@@ -372,3 +375,101 @@ class Position(models.Model):
 
     def __str__(self) -> str:
         return f"{self.local_symbol or self.symbol} x {self.qty:g}"
+
+
+# ---- strategies and the commander (seed 003, DESIGN §11) ---------------------------------------------------------
+
+
+class Strategy(models.Model):
+    """A strategy that publishes intents (target option positions) and never trades. `send_enabled` is the
+    operator's audited switch from dry-run to sending; off by default."""
+
+    slug = models.SlugField(max_length=50, unique=True)
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=50)  # a key of trading.core.strategies.REGISTRY
+    enabled = models.BooleanField(default=True)
+    send_enabled = models.BooleanField(default=False)
+    params = models.JSONField(default=dict, blank=True)
+    capital_allocation = models.FloatField(default=0.1)  # share of net liquidation it may hold in premium
+    risk_params = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+        verbose_name_plural = "strategies"
+
+    def __str__(self) -> str:
+        return f"{self.slug} ({self.kind})"
+
+
+class StrategyIntent(models.Model):
+    """One published intent; the latest per strategy is the one the commander reads, the rest is history."""
+
+    class Status(models.TextChoices):
+        SUCCESS = "success"
+        ERROR = "error"
+
+    strategy = models.ForeignKey(Strategy, on_delete=models.CASCADE, related_name="intents")
+    updated_at = models.DateTimeField(db_index=True)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    error_message = models.TextField(blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    target_positions = models.JSONField(default=list, blank=True)  # [{contract, qty, price_usd}]
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+        get_latest_by = ["updated_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.strategy.slug} @ {self.updated_at:%Y-%m-%d %H:%M} ({self.status})"
+
+
+class PortfolioSnapshot(models.Model):
+    """The account as reconcile saw it for one commander run: the commander's single source of truth."""
+
+    taken_at = models.DateTimeField(db_index=True)
+    account = models.CharField(max_length=32, blank=True)
+    net_liquidation = models.FloatField(null=True, blank=True)
+    available_funds = models.FloatField(null=True, blank=True)
+    holdings = models.JSONField(default=list, blank=True)  # [{contract, qty, owner: bifrost|manual}]
+    open_orders = models.JSONField(default=list, blank=True)  # Bifrost's, [{contract, qty, order_ref}]
+
+    class Meta:
+        ordering = ["-taken_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"snapshot {self.taken_at:%Y-%m-%d %H:%M:%S}"
+
+
+class CommanderRun(models.Model):
+    """The audit record of one commander decision: what it read, what it decided, what it sent."""
+
+    class Trigger(models.TextChoices):
+        SCHEDULED = "scheduled"
+        MANUAL = "manual"
+
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        PARTIAL_SUCCESS = "partial_success"
+
+    executed_at = models.DateTimeField(db_index=True)
+    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.MANUAL)
+    dry_run = models.BooleanField(default=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
+    summary = models.TextField(blank=True)
+    requested_by = models.CharField(max_length=150, default="system")
+    strategies = models.JSONField(default=list, blank=True)  # the slugs asked for ([] = every enabled one)
+    snapshot = models.ForeignKey(PortfolioSnapshot, null=True, blank=True, on_delete=models.SET_NULL)
+    intents_read = models.JSONField(default=list, blank=True)  # [{strategy, intent_id, updated_at}]
+    decision = models.JSONField(default=dict, blank=True)
+    orders = models.JSONField(default=list, blank=True)  # planned with their orderRefs first, then outcomes
+    steps = models.JSONField(default=list, blank=True)  # [{step, by, at, outcome}]
+
+    class Meta:
+        ordering = ["-executed_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"commander run #{self.pk} ({self.state}{', dry-run' if self.dry_run else ''})"

@@ -1,0 +1,148 @@
+"""The commander's records (seed 003): intents published by strategies, the snapshot reconcile saw, and a run
+whose decision, planned orderRefs and skipped/clipped strategies are stored before anything could be sent."""
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+from django.utils import timezone
+
+from trading.commander import (
+    ORDER_REF_PREFIX,
+    commander_decide,
+    intent_publish,
+    snapshot_from_positions,
+    strategies_asked,
+    strategy_sending_set,
+)
+from trading.core.commander import RULE_ALLOCATION, Rules, contract_key
+from trading.core.events import Contract
+from trading.core.strategies import MarketView
+from trading.errors import ConfigError
+from trading.models import AccountSnapshot, CommanderRun, Operation, Order, Position, Strategy
+
+pytestmark = pytest.mark.django_db
+
+ACCOUNT = "DU123"
+OLD, NEW = date(2026, 12, 4), date(2027, 1, 8)
+
+
+def leg(right: str, strike: float, expiry: date) -> Contract:
+    return Contract(int(strike * 10) + (1 if right == "C" else 2) + expiry.toordinal() * 10_000, "NVDA", "OPT",
+                    right, strike, expiry, 100, f"NVDA {expiry:%y%m%d}{right}{strike:g}")  # type: ignore[arg-type]
+
+
+def market(now) -> MarketView:
+    options = {(r, k, e): (leg(r, k, e), 4.0 if e == NEW else 0.5) for e in (OLD, NEW) for k in (175.0, 180.0)
+               for r in "CP"}
+    return MarketView("NVDA", 179.0, now.date(), options)
+
+
+def account(now) -> None:
+    """Bifrost holds 2 straddles expiring in two days; the operator holds shares and a call of their own."""
+    AccountSnapshot.objects.create(ts=now, account=ACCOUNT, net_liquidation=500_000, buying_power=250_000)
+    rows = [(leg("C", 180.0, OLD), 2, True), (leg("P", 180.0, OLD), 2, True), (leg("C", 175.0, NEW), 3, False),
+            (Contract(1, "NVDA", "STK"), 400, False)]
+    for contract, qty, managed in rows:
+        Position.objects.create(account=ACCOUNT, con_id=contract.con_id, symbol=contract.symbol,
+                                local_symbol=contract.local_symbol, sec_type=contract.sec_type,
+                                right=contract.right or "", strike=contract.strike, expiry=contract.expiry,
+                                multiplier=contract.multiplier, qty=qty, managed=managed, updated_at=now)
+
+
+def keeper(**fields) -> Strategy:
+    return Strategy.objects.create(slug=fields.pop("slug", "keeper"), name="keeper", kind="straddle_keeper",
+                                   params={"straddles": 2, "min_dte": 20, "max_dte": 45, "roll_dte": 7}, **fields)
+
+
+def test_a_dry_run_records_the_whole_decision_and_sends_nothing():
+    now = timezone.now()
+    account(now)
+    strategy = keeper(capital_allocation=0.1)
+    view = market(now)
+    held = {contract_key(leg(r, 180.0, OLD)): 2 for r in "CP"}
+    intent = intent_publish(strategy=strategy, market=view, held=held, now=now)
+    snapshot = snapshot_from_positions(account=ACCOUNT, now=now)
+
+    run = commander_decide(snapshot=snapshot, strategies=strategies_asked(), underlying="NVDA", rules=Rules(),
+                           now=now, user="op")
+
+    assert run.state == CommanderRun.State.COMPLETED and run.dry_run and "none sent" in run.summary
+    assert run.intents_read == [{"strategy": "keeper", "intent_id": intent.pk, "updated_at": now.isoformat()}]
+    orders = {(o["contract"]["local_symbol"], o["action"], o["qty"]) for o in run.orders}
+    # The old straddle is sold, the new one bought; the operator's call of the new expiry is not counted.
+    assert orders == {("NVDA 261204C180", "SELL", 2), ("NVDA 261204P180", "SELL", 2),
+                      ("NVDA 270108C180", "BUY", 2), ("NVDA 270108P180", "BUY", 2)}
+    assert [o["order_ref"] for o in run.orders] == [f"{ORDER_REF_PREFIX}{run.pk}:{n}" for n in range(1, 5)]
+    assert {h["owner"] for h in snapshot.holdings if h["contract"]["sec_type"] == "STK"} == {"manual"}
+    assert Order.objects.count() == 0
+    assert Operation.objects.filter(kind=Operation.Kind.COMMANDER_RUN, actor="op").exists()
+
+
+def test_a_stale_intent_is_skipped_and_an_allocation_clip_names_its_rule():
+    now = timezone.now()
+    account(now)
+    stale = keeper(slug="stale")
+    small = keeper(slug="small", capital_allocation=0.002)  # 1,000 USD of 500k: 1 straddle at 8.00 is 800
+    intent_publish(strategy=stale, market=market(now), held={}, now=now - timedelta(days=2))
+    intent_publish(strategy=small, market=market(now), held={}, now=now)
+
+    run = commander_decide(snapshot=snapshot_from_positions(account=ACCOUNT, now=now),
+                           strategies=strategies_asked(["stale", "small"]), underlying="NVDA", rules=Rules(), now=now)
+
+    assert set(run.decision["skipped"]["stale"]) == {"stale"}
+    assert {(c["rule"], c["from"], c["to"], c["strategy"]) for c in run.decision["clipped"]} == {
+        (RULE_ALLOCATION, 2, 1, "small")}
+
+
+def test_asking_to_send_is_refused_until_sending_is_built_and_the_switch_is_audited():
+    now = timezone.now()
+    account(now)
+    strategy = keeper()
+    strategy_sending_set(strategy=strategy, enabled=True, user="op", now=now)
+    intent_publish(strategy=strategy, market=market(now), held={}, now=now)
+
+    run = commander_decide(snapshot=snapshot_from_positions(account=ACCOUNT, now=now), strategies=[strategy],
+                           underlying="NVDA", rules=Rules(), now=now, dry_run=False)
+
+    assert run.state == CommanderRun.State.FAILED and "nothing sent" in run.summary and not run.dry_run
+    assert Operation.objects.get(kind=Operation.Kind.STRATEGY_SENDING).message == "strategy keeper: sending enabled"
+
+
+def test_an_unknown_strategy_is_refused_by_name_before_anything_runs():
+    keeper()
+    with pytest.raises(ConfigError) as info:
+        strategies_asked(["keeper", "nope"])
+    assert "'nope'" in info.value.reason and CommanderRun.objects.count() == 0
+
+
+def test_a_failing_strategy_publishes_an_error_intent_that_the_commander_reports():
+    now = timezone.now()
+    account(now)
+    broken = keeper(slug="broken")
+    broken.params = {"straddles": 1, "min_dte": 400, "max_dte": 500}  # no expiry that far out
+    broken.save()
+    intent = intent_publish(strategy=broken, market=market(now), held={}, now=now)
+
+    run = commander_decide(snapshot=snapshot_from_positions(account=ACCOUNT, now=now), strategies=[broken],
+                           underlying="NVDA", rules=Rules(), now=now)
+
+    assert intent.status == "error" and "no expiry" in intent.error_message
+    assert "no expiry" in run.decision["skipped"]["errored"]["broken"] and run.orders == []
+
+
+def test_the_admin_renders_a_run_as_tables(admin_client):
+    now = timezone.now()
+    account(now)
+    strategy = keeper()
+    intent_publish(strategy=strategy, market=market(now), held={}, now=now)
+    run = commander_decide(snapshot=snapshot_from_positions(account=ACCOUNT, now=now), strategies=[strategy],
+                           underlying="NVDA", rules=Rules(), now=now)
+
+    page = admin_client.get(f"/admin/trading/commanderrun/{run.pk}/change/")
+
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert f"{ORDER_REF_PREFIX}{run.pk}:1" in html and "NVDA 270108C180" in html
+    assert admin_client.get("/admin/trading/strategy/").status_code == 200
+    assert admin_client.get("/admin/trading/strategyintent/").status_code == 200
