@@ -56,6 +56,19 @@ class CompletedOrder:
 
 
 @dataclass(frozen=True, slots=True)
+class ChainQuote:
+    """One option of a chain with its quote (NaN bid or ask when the broker gave none)."""
+
+    contract: Contract
+    bid: float
+    ask: float
+
+    @property
+    def mid(self) -> float:
+        return (self.bid + self.ask) / 2.0 if self.bid > 0 and self.ask >= self.bid else float("nan")
+
+
+@dataclass(frozen=True, slots=True)
 class PositionMark:
     """A position with the broker's latest price for it (R-M6)."""
 
@@ -98,3 +111,9 @@ class Broker(Protocol):
     async def executions(self) -> list[Fill]: ...
 
     async def current_time(self) -> datetime: ...
+
+    async def option_chain(self, symbol: str, *, spot: float, max_dte: int,
+                           strikes_each_side: int) -> list[ChainQuote]:
+        """The options on `symbol` expiring within `max_dte` days, at the `strikes_each_side` strikes nearest
+        `spot` on each side, quoted once (the commander's strategies read it; off the hot path)."""
+        ...

@@ -21,7 +21,15 @@ from datetime import UTC, date, datetime
 from types import ModuleType
 from typing import Any, TypeVar
 
-from trading.brokers.base import AccountSummary, CompletedOrder, EventHandler, OpenOrder, PositionMark
+from trading.brokers.base import (
+    AccountSummary,
+    ChainQuote,
+    CompletedOrder,
+    EventHandler,
+    OpenOrder,
+    PositionMark,
+)
+from trading.core.calendar import trading_date
 from trading.core.events import (
     BrokerPosition,
     BrokerStatus,
@@ -342,6 +350,32 @@ class IBBroker:
         value = await self._request("current time", self.ib.reqCurrentTimeAsync)
         return _aware(value) or self.clock()
 
+    async def option_chain(self, symbol: str, *, spot: float, max_dte: int,
+                           strikes_each_side: int) -> list[ChainQuote]:
+        """reqSecDefOptParams for the chain's terms, the options near spot qualified, then one snapshot quote
+        each (reqTickers): a request or two a day, never on the hot path."""
+        self._require_connected()
+        stock = await self._stock(symbol)
+        params = await self._request("option chain", lambda: self.ib.reqSecDefOptParamsAsync(
+            symbol, "", "STK", stock.conId))
+        chain = next((p for p in params if p.exchange == "SMART"), params[0] if params else None)
+        if chain is None:
+            raise BrokerError(f"IB lists no options on {symbol!r}")
+        today = trading_date(self.clock())
+        expiries = [e for e in sorted(chain.expirations)
+                    if 0 <= (date(int(e[:4]), int(e[4:6]), int(e[6:8])) - today).days <= max_dte]
+        strikes = sorted(float(k) for k in chain.strikes)
+        near = [k for k in strikes if k <= spot][-strikes_each_side:] + [k for k in strikes if k > spot][
+            :strikes_each_side]
+        wanted = [self.lib.Option(symbol, e, k, r, "SMART", tradingClass=chain.tradingClass,
+                                  multiplier=chain.multiplier, currency="USD")
+                  for e in expiries for k in near for r in ("C", "P")]
+        if not wanted:
+            return []
+        qualified = await self._qualify(wanted)
+        tickers = await self._request("option quotes", lambda: self.ib.reqTickersAsync(*qualified))
+        return [ChainQuote(core_contract(t.contract), _or_nan(price_or_none(t.bid)), _or_nan(price_or_none(t.ask))) for t in tickers]
+
     # ---- connecting ----------------------------------------------------------------------------------------------
 
     def _new_client(self) -> Any:
@@ -617,6 +651,10 @@ def core_contract(c: Any) -> Contract:
     return Contract(con_id=int(c.conId), symbol=c.symbol, sec_type=c.secType, right=right,
                     strike=float(c.strike) if c.secType == "OPT" else None, expiry=expiry, multiplier=multiplier,
                     local_symbol=c.localSymbol or c.symbol)
+
+
+def _or_nan(price: float | None) -> float:
+    return math.nan if price is None else price
 
 
 def _aware(ts: Any) -> datetime | None:

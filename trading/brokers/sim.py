@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from trading.brokers.base import AccountSummary, CompletedOrder, EventHandler, OpenOrder, PositionMark
+from trading.brokers.base import (
+    AccountSummary,
+    ChainQuote,
+    CompletedOrder,
+    EventHandler,
+    OpenOrder,
+    PositionMark,
+)
+from trading.core.calendar import trading_date
 from trading.core.events import (
     BrokerPosition,
     BrokerStatus,
@@ -25,7 +33,14 @@ from trading.core.events import (
 )
 from trading.errors import BrokerError, ConfigError
 from trading.sim.account import SimAccount, SimExecution, SimOrder, stock_contract
-from trading.sim.market import MarketConfig, MarketModel, con_id_for
+from trading.sim.market import (
+    MarketConfig,
+    MarketModel,
+    chain_expiries,
+    chain_strikes,
+    con_id_for,
+    option_contract,
+)
 
 log = logging.getLogger(__name__)
 OPTION_QUOTE_EVERY_S = 1.0
@@ -158,6 +173,26 @@ class SimBroker:
 
     async def current_time(self) -> datetime:
         return self.clock()
+
+    async def option_chain(self, symbol: str, *, spot: float, max_dte: int,
+                           strikes_each_side: int) -> list[ChainQuote]:
+        self._require_connected()
+        if symbol != self.config.symbol:
+            return []
+        now = self.clock()
+        today = trading_date(now)
+        strikes = chain_strikes(self.config.spot0)
+        below = [k for k in strikes if k <= spot][-strikes_each_side:]
+        above = [k for k in strikes if k > spot][:strikes_each_side]
+        out = []
+        for expiry in chain_expiries(today):
+            if (expiry - today).days > max_dte:
+                break
+            for strike in below + above:
+                for right in ("C", "P"):
+                    quote = self.model.option_quote(right, strike, expiry, now)
+                    out.append(ChainQuote(option_contract(symbol, right, strike, expiry), quote.bid, quote.ask))
+        return out
 
     # ---- the market --------------------------------------------------------------------------------------
 

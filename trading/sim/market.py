@@ -376,6 +376,26 @@ def first_friday_on_or_after(day: date) -> date:
     return day + timedelta(days=(4 - day.weekday()) % 7)
 
 
+CHAIN_WEEKS = 30  # weekly (Friday) expiries listed by the simulated market
+STRIKE_STEP = 5.0
+
+
+def chain_strikes(spot0: float) -> list[float]:
+    """The simulated chain's strikes: every $5 from half to 1.7 times the starting spot."""
+    low, high = max(5, round(spot0 * 0.5 / 5) * 5), round(spot0 * 1.7 / 5) * 5
+    return [float(k) for k in range(low, high + 1, 5)]
+
+
+def chain_expiries(today: date) -> list[date]:
+    first = first_friday_on_or_after(today)
+    return [first + timedelta(weeks=week) for week in range(CHAIN_WEEKS)]
+
+
+def option_contract(symbol: str, right: Right, strike: float, expiry: date) -> Contract:
+    return Contract(con_id_for(symbol, "OPT", right, strike, expiry, _OPTION_MULTIPLIER), symbol, "OPT", right,
+                    strike, expiry, _OPTION_MULTIPLIER, local_symbol_for(symbol, "OPT", right, strike, expiry))
+
+
 def _option(model: MarketModel, symbol: str, right: Right, strike: float, expiry: date, qty: float,
             now: datetime) -> SeedPosition:
     return SeedPosition(

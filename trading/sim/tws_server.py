@@ -36,8 +36,9 @@ from trading.sim.account import (
 from trading.sim.market import (
     MarketConfig,
     MarketModel,
+    chain_expiries,
+    chain_strikes,
     con_id_for,
-    first_friday_on_or_after,
     local_symbol_for,
 )
 from trading.sim.tws_protocol import (
@@ -61,7 +62,6 @@ OPTION_MULTIPLIER = 100
 PRIMARY_EXCHANGE = {"NVDA": "NASDAQ", "AAPL": "NASDAQ"}
 OPTION_QUOTE_EVERY_S = 0.5
 PORTFOLIO_PUSH_EVERY_S = 5.0
-CHAIN_WEEKS = 30
 FOREIGN_CLIENT_ID = 99  # the other API client of `foreign_fill` / `foreign_order`
 FARM_INFOS = ((2104, "Market data farm connection is OK:usfarm"), (2106, "HMDS data farm connection is OK:ushmds"),
               (2158, "Sec-def data farm connection is OK:secdefnj"))
@@ -149,13 +149,10 @@ class Catalog:
         self.by_id: dict[int, SimContract] = {}
         for symbol in {config.symbol, *FLAT_STOCK_PRICES}:
             self.add(stock(symbol))
-        first_friday = first_friday_on_or_after(today)
-        low, high = max(5, round(config.spot0 * 0.5 / 5) * 5), round(config.spot0 * 1.7 / 5) * 5
-        for week in range(CHAIN_WEEKS):
-            expiry = first_friday + timedelta(weeks=week)
-            for strike in range(low, high + 1, 5):
+        for expiry in chain_expiries(today):
+            for strike in chain_strikes(config.spot0):
                 for right in ("C", "P"):
-                    self.add(option(config.symbol, right, float(strike), expiry))
+                    self.add(option(config.symbol, right, strike, expiry))
 
     def add(self, contract: SimContract) -> SimContract:
         self.by_id.setdefault(contract.con_id, contract)

@@ -368,3 +368,24 @@ def test_a_late_execution_report_is_recovered_once_not_twice(tws):
     events = run(scenario())
 
     assert [f.order_ref for f in events.of(Fill)] == ["bifrost:L1:7"]
+
+
+def test_option_chain_lists_the_strikes_near_spot_within_the_dte_window_with_quotes(tws):
+    async def scenario():
+        broker, _ = _broker(tws)
+        await broker.connect()
+        try:
+            return await broker.option_chain("NVDA", spot=181.0, max_dte=40, strikes_each_side=2)
+        finally:
+            await broker.disconnect()
+
+    chain = run(scenario())
+
+    from datetime import UTC, datetime
+
+    today = datetime.now(UTC).date()
+    assert {q.contract.strike for q in chain} == {175.0, 180.0, 185.0, 190.0}
+    assert {q.contract.right for q in chain} == {"C", "P"}
+    assert all(0 <= (q.contract.expiry - today).days <= 40 and q.contract.con_id for q in chain)
+    assert len({q.contract.expiry for q in chain}) >= 5
+    assert all(0 < q.bid <= q.ask for q in chain if q.contract.strike == 180.0)

@@ -124,3 +124,25 @@ def test_a_restarted_sim_broker_keeps_its_orders_executions_and_positions(tmp_pa
     assert asyncio.run(again.executions()) == fills
     assert [o.order_ref for o in asyncio.run(again.open_orders())] == ["bifrost:s:w"]
     assert again.holding_qty("NVDA") == 120
+
+
+def test_option_chain_lists_the_same_contracts_the_tws_simulator_serves_with_quotes():
+    from trading.sim.market import chain_expiries, option_contract
+
+    async def scenario():
+        broker, _ = _broker()
+        await broker.connect()
+        try:
+            return await broker.option_chain("NVDA", spot=181.0, max_dte=40, strikes_each_side=2)
+        finally:
+            await broker.disconnect()
+
+    chain = asyncio.run(scenario())
+
+    today = datetime.now(UTC).date()
+    expiries = [e for e in chain_expiries(today) if (e - today).days <= 40]
+    assert len(chain) == len(expiries) * 4 * 2
+    assert {q.contract.strike for q in chain} == {175.0, 180.0, 185.0, 190.0}
+    first = chain[0].contract
+    assert first == option_contract("NVDA", first.right, first.strike, first.expiry)  # type: ignore[arg-type]
+    assert all(0 < q.bid <= q.ask and q.mid > 0 for q in chain if q.contract.strike == 180.0)
