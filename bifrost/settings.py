@@ -220,6 +220,14 @@ BIFROST_IB_CLIENT = os.environ.get("BIFROST_IB_CLIENT", "ib_insync")
 BIFROST_HEARTBEAT_S = _env_float("BIFROST_HEARTBEAT_S", 1.0)
 BIFROST_HISTORY_S = _env_float("BIFROST_HISTORY_S", 10.0)
 BIFROST_COMMAND_TTL_S = _env_float("BIFROST_COMMAND_TTL_S", 300.0)
+# The commander (README: Strategies and the commander): its daily window (US/Eastern, trading days only), the
+# chain its strategies see, the global risk rules and the limit price offset of its option orders.
+BIFROST_COMMANDER_WINDOW = os.environ.get("BIFROST_COMMANDER_WINDOW", "15:30")
+BIFROST_COMMANDER_MAX_DTE = int(os.environ.get("BIFROST_COMMANDER_MAX_DTE", "60"))
+BIFROST_COMMANDER_STRIKES = int(os.environ.get("BIFROST_COMMANDER_STRIKES", "6"))
+BIFROST_COMMANDER_MAX_CONTRACTS = int(os.environ.get("BIFROST_COMMANDER_MAX_CONTRACTS", "50"))
+BIFROST_COMMANDER_MAX_PREMIUM_USD = _env_float("BIFROST_COMMANDER_MAX_PREMIUM_USD", 250_000.0)
+BIFROST_COMMANDER_LIMIT_OFFSET_USD = _env_float("BIFROST_COMMANDER_LIMIT_OFFSET_USD", 0.05)
 BIFROST_BIND = os.environ.get("BIFROST_BIND", "127.0.0.1:8000")
 BIFROST_WEB_PROCESSES = int(os.environ.get("BIFROST_WEB_PROCESSES", "2"))
 # Each daemon journals to journal-<lease>.jsonl here; refused records go to journal-rejected.jsonl beside them.

@@ -21,8 +21,9 @@ from monitor.models import Alert
 from monitor.permissions import CanOperate, CanView
 from monitor.selectors import account_get, positions_list, status_payload_recent
 from monitor.services import AlertError, alert_ack, alert_silence_create
-from trading.errors import ControlCommandError
-from trading.models import ControlCommand, Decision, Fill, Operation, Order
+from trading.commander import commander_request
+from trading.errors import ConfigError, ControlCommandError
+from trading.models import CommanderRun, ControlCommand, Decision, Fill, Operation, Order, Strategy
 from trading.services import control_command_create
 
 MAX_LIMIT = 1000
@@ -253,6 +254,80 @@ class ControlCommandGetApi(APIView):
         if cmd is None:
             raise NotFound(f"no control command {command_id}")
         return Response(ControlCommandOutputSerializer(cmd).data)
+
+
+# ---- strategies and the commander ----------------------------------------------------------------------------
+
+
+class StrategyListApi(APIView):
+    permission_classes = [CanView]
+
+    class OutputSerializer(serializers.ModelSerializer):
+        latest_intent = serializers.SerializerMethodField()
+
+        class Meta:
+            model = Strategy
+            ref_name = "Strategy"
+            fields = ["slug", "name", "kind", "enabled", "send_enabled", "params", "capital_allocation",
+                      "risk_params", "latest_intent"]
+
+        def get_latest_intent(self, obj: Strategy) -> dict[str, Any] | None:
+            row = obj.intents.order_by("-updated_at", "-id").first()
+            if row is None:
+                return None
+            return {"id": row.pk, "updated_at": row.updated_at.isoformat(), "status": row.status,
+                    "error_message": row.error_message, "metadata": row.metadata,
+                    "target_positions": row.target_positions}
+
+    @extend_schema(responses={200: OutputSerializer(many=True)}, summary="Strategies with their latest intent")
+    def get(self, request: Request) -> Response:
+        return Response(self.OutputSerializer(Strategy.objects.all(), many=True).data)
+
+
+class CommanderRunListApi(HistoryListApi):
+    """GET: commander runs, newest first, with their decision (viewer); POST: queue a run (operator)."""
+
+    class OutputSerializer(serializers.ModelSerializer):
+        class Meta:
+            model = CommanderRun
+            ref_name = "CommanderRun"
+            fields = ["id", "executed_at", "trigger", "dry_run", "state", "summary", "requested_by", "strategies",
+                      "snapshot", "intents_read", "decision", "orders", "steps"]
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "CommanderRunInput"
+
+        dry_run = serializers.BooleanField(default=True)
+        strategies = serializers.ListField(child=serializers.SlugField(max_length=50), required=False, default=list,
+                                           max_length=50)
+
+    model, time_field, kind_field = CommanderRun, "executed_at", "state"
+    serializer_class = OutputSerializer
+    throttle_scope = "control"
+
+    def get_permissions(self) -> list[Any]:
+        return [CanOperate()] if self.request.method == "POST" else [CanView()]
+
+    def get_throttles(self) -> list[Any]:
+        return [ScopedRateThrottle()] if self.request.method == "POST" else []
+
+    @extend_schema(parameters=_HISTORY_PARAMS, summary="Commander runs; kind = run state")
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    @extend_schema(request=InputSerializer, responses={201: OpenApiTypes.OBJECT},
+                   summary="Queue a commander run (dry-run by default)")
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            run = commander_request(dry_run=data.validated_data["dry_run"],
+                                    strategies=data.validated_data["strategies"],
+                                    user=request.user.get_username(), source="api")
+        except (ConfigError, ControlCommandError) as exc:
+            raise ValidationError({exc.field: [exc.reason]}) from exc
+        return Response({"id": run.pk, "state": run.state}, status=status.HTTP_201_CREATED)
 
 
 # ---- alerts ------------------------------------------------------------------------------------------------------

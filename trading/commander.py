@@ -1,10 +1,11 @@
-"""Strategies → reconcile → commander, the records (seed 003, DESIGN §11): intents published by the strategies,
-the portfolio snapshot reconcile saw, and the commander's run with its whole decision. The decision itself is
-`trading.core.commander.decide`; the strategies are `trading.core.strategies`.
+"""Strategies → reconcile → commander, the records (seed 003, DESIGN §11). A run is requested by the web, the CLI
+or the daily schedule (`commander_request`: a queued CommanderRun and a `commander_run` control command); only the
+daemon talks to the broker, so it reconciles the account, reads the option chain and then calls
+`commander_execute`, which runs the strategies (intents), stores the snapshot, decides
+(`trading.core.commander.decide`) and records the run with its planned orderRefs before anything could be sent.
 
-Not built yet (README, "Strategies and the commander"): the broker steps inside the daemon (option chain and
-quotes for the strategies, the `commander_run` control command), sending option orders, and the schedule. A run
-asked to send is therefore refused with nothing sent; a dry run writes its full record.
+Not built yet (README, "Strategies and the commander"): sending option orders. A run asked to send for a strategy
+whose sending is enabled is refused with nothing sent; every other run is a dry run and writes its full record.
 """
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, time
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
-from trading.core.calendar import ET, trading_date
+from trading.core.calendar import ET, MarketCalendar, trading_date
 from trading.core.commander import (
     ContractKey,
     Intent,
@@ -29,15 +32,8 @@ from trading.core.commander import (
 from trading.core.events import Contract
 from trading.core.strategies import MarketView, build
 from trading.errors import ConfigError
-from trading.models import (
-    AccountSnapshot,
-    CommanderRun,
-    Operation,
-    PortfolioSnapshot,
-    Position,
-    Strategy,
-    StrategyIntent,
-)
+from trading.models import CommanderRun, ControlCommand, Operation, PortfolioSnapshot, Strategy, StrategyIntent
+from trading.services import control_command_create
 
 ORDER_REF_PREFIX = "bifrost:cmd:"
 
@@ -65,26 +61,34 @@ def intent_publish(*, strategy: Strategy, market: MarketView, held: Mapping[Cont
             strategy=strategy, updated_at=now, status=StrategyIntent.Status.SUCCESS, metadata=metadata,
             target_positions=[{"contract": contract_json(t.contract), "qty": t.qty, "price_usd": t.price_usd}
                               for t in targets])
-    except (ConfigError, KeyError, ValueError) as exc:
+    except (ConfigError, LookupError, ValueError, ArithmeticError) as exc:  # reported by the commander as errored
+        why = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
         return StrategyIntent.objects.create(strategy=strategy, updated_at=now, status=StrategyIntent.Status.ERROR,
-                                             error_message=str(exc))
+                                             error_message=why)
 
 
-def snapshot_from_positions(*, account: str, now: datetime, open_orders: Sequence[Mapping[str, Any]] = ()
-                            ) -> PortfolioSnapshot:
-    """The account as the daemon's last reconcile stored it: managed option legs are Bifrost's, every other
-    position is the operator's."""
-    holdings = []
-    for p in Position.objects.filter(account=account).exclude(qty=0):
-        contract = Contract(p.con_id, p.symbol, p.sec_type, p.right or None, p.strike, p.expiry,  # type: ignore[arg-type]
-                            p.multiplier, p.local_symbol)
-        owner = "bifrost" if p.managed and p.sec_type == "OPT" else "manual"
-        holdings.append({"contract": contract_json(contract), "qty": p.qty, "owner": owner})
-    summary = AccountSnapshot.objects.filter(account=account).first()
+def held_options(positions: Iterable[Mapping[str, Any]]) -> dict[ContractKey, int]:
+    """Bifrost's option legs (the managed ones) among the account's positions."""
+    return {contract_key(contract_from_json(p)): int(p["qty"]) for p in positions
+            if p.get("managed") and p["sec_type"] == "OPT" and p["qty"]}
+
+
+def snapshot_create(*, account: Mapping[str, Any], positions: Iterable[Mapping[str, Any]],
+                    open_orders: Sequence[Mapping[str, Any]] = (), now: datetime) -> PortfolioSnapshot:
+    """The account as the daemon's reconcile just saw it: managed option legs are Bifrost's, every other position
+    is the operator's (the underlying's shares, hedge and manual together, are never the commander's)."""
+    holdings = [{"contract": contract_json(contract_from_json(p)), "qty": p["qty"],
+                 "owner": "bifrost" if p.get("managed") and p["sec_type"] == "OPT" else "manual"}
+                for p in positions if p["qty"]]
     return PortfolioSnapshot.objects.create(
-        taken_at=now, account=account, holdings=holdings, open_orders=list(open_orders),
-        net_liquidation=float(summary.net_liquidation) if summary and summary.net_liquidation is not None else None,
-        available_funds=float(summary.buying_power) if summary and summary.buying_power is not None else None)
+        taken_at=now, account=account.get("account") or "", holdings=holdings, open_orders=list(open_orders),
+        net_liquidation=account.get("net_liquidation"), available_funds=account.get("available_funds"))
+
+
+def rules_configured() -> Rules:
+    return Rules(max_contracts_per_underlying=settings.BIFROST_COMMANDER_MAX_CONTRACTS,
+                 max_total_premium_usd=settings.BIFROST_COMMANDER_MAX_PREMIUM_USD,
+                 limit_offset_usd=settings.BIFROST_COMMANDER_LIMIT_OFFSET_USD)
 
 
 def _portfolio(snapshot: PortfolioSnapshot, underlying: str) -> Portfolio:
@@ -120,9 +124,68 @@ def strategies_asked(slugs: Iterable[str] = ()) -> list[Strategy]:
     return [enabled[s] for s in slugs] if slugs else list(enabled.values())
 
 
-def commander_decide(*, snapshot: PortfolioSnapshot, strategies: Sequence[Strategy], underlying: str, rules: Rules,
-                     now: datetime, dry_run: bool = True, user: str = "system",
-                     trigger: str = CommanderRun.Trigger.MANUAL) -> CommanderRun:
+def commander_request(*, dry_run: bool = True, strategies: Sequence[str] = (), user: str, source: str = "api",
+                      trigger: str = CommanderRun.Trigger.MANUAL) -> CommanderRun:
+    """Queue a run for the daemon. An unknown or disabled slug is refused (ConfigError) before anything is
+    stored; with no daemon running the run fails at once, naming why."""
+    asked = strategies_asked(strategies)
+    run = CommanderRun.objects.create(executed_at=timezone.now(), trigger=trigger, dry_run=dry_run,
+                                      requested_by=user, strategies=[s.slug for s in asked] if strategies else [])
+    command = control_command_create(command=ControlCommand.Command.COMMANDER_RUN, reason=f"commander run #{run.pk}",
+                                     user=user, source=source, payload={"run_id": run.pk})
+    if command.state in (ControlCommand.State.EXPIRED, ControlCommand.State.REJECTED):
+        commander_fail(run_id=run.pk, step="queue", why=command.result, now=timezone.now())
+        run.refresh_from_db()
+    return run
+
+
+def commander_fail(*, run_id: int, step: str, why: str, now: datetime) -> None:
+    """A run that could not get as far as a decision; nothing was sent."""
+    run = CommanderRun.objects.get(pk=run_id)
+    if run.state not in (CommanderRun.State.QUEUED, CommanderRun.State.RUNNING):
+        return
+    run.state = CommanderRun.State.FAILED
+    run.summary = f"failed at {step}: {why}; nothing sent"
+    run.steps = [*run.steps, {"step": step, "by": "daemon" if step != "queue" else "web", "at": now.isoformat(),
+                              "outcome": why}]
+    run.save(update_fields=["state", "summary", "steps"])
+    Operation.objects.create(ts=now, kind=Operation.Kind.COMMANDER_RUN, actor=run.requested_by,
+                             message=f"commander run #{run.pk} failed: {run.summary}")
+
+
+def commander_execute(*, run_id: int | None, market: MarketView, account: Mapping[str, Any],
+                      positions: Sequence[Mapping[str, Any]], open_orders: Sequence[Mapping[str, Any]] = (),
+                      steps: Sequence[Mapping[str, Any]] = (), now: datetime) -> CommanderRun:
+    """The daemon's part after its broker steps: publish the strategies' intents, store the snapshot, decide and
+    record (see `commander_decide`). A run already past `queued` is returned as it is, so a redelivered command
+    never decides (or sends) twice; no run_id (a bare `control commander_run`) is a dry run of every strategy."""
+    with transaction.atomic():
+        if run_id is None:
+            run = CommanderRun.objects.create(executed_at=now, requested_by="control", dry_run=True)
+        else:
+            run = CommanderRun.objects.select_for_update().get(pk=run_id)
+            if run.state != CommanderRun.State.QUEUED:
+                return run
+        run.state = CommanderRun.State.RUNNING
+        run.executed_at = now
+        run.steps = [*steps]
+        run.save(update_fields=["state", "executed_at", "steps"])
+    try:
+        strategies = strategies_asked(run.strategies)
+    except ConfigError as exc:
+        commander_fail(run_id=run.pk, step="strategies", why=exc.reason, now=now)
+        run.refresh_from_db()
+        return run
+    held = held_options(positions)
+    for strategy in strategies:
+        intent_publish(strategy=strategy, market=market, held=held, now=now)
+    snapshot = snapshot_create(account=account, positions=positions, open_orders=open_orders, now=now)
+    return commander_decide(run=run, snapshot=snapshot, strategies=strategies, underlying=market.underlying,
+                            rules=rules_configured(), now=now)
+
+
+def commander_decide(*, run: CommanderRun, snapshot: PortfolioSnapshot, strategies: Sequence[Strategy],
+                     underlying: str, rules: Rules, now: datetime) -> CommanderRun:
     """Decide and record: the intents read (with their updated_at), the snapshot, the decision and the planned
     orders with their orderRefs, all persisted in one transaction before anything could be sent."""
     latest: dict[str, StrategyIntent] = {}
@@ -132,30 +195,46 @@ def commander_decide(*, snapshot: PortfolioSnapshot, strategies: Sequence[Strate
             latest[strategy.slug] = row
     decision = decide(_portfolio(snapshot, underlying), {slug: _intent(row) for slug, row in latest.items()},
                       [StrategySlot(s.slug, s.capital_allocation) for s in strategies], window_start(now), rules)
-    sending = not dry_run and any(s.send_enabled for s in strategies)
+    sending = not run.dry_run and any(s.send_enabled for s in strategies)
     with transaction.atomic():
-        run = CommanderRun.objects.create(
-            executed_at=now, trigger=trigger, dry_run=not sending, requested_by=user, snapshot=snapshot,
-            strategies=[s.slug for s in strategies], state=CommanderRun.State.RUNNING,
-            intents_read=[{"strategy": slug, "intent_id": row.pk, "updated_at": row.updated_at.isoformat()}
-                          for slug, row in latest.items()],
-            decision=decision.as_dict())
+        run.snapshot = snapshot
+        run.intents_read = [{"strategy": slug, "intent_id": row.pk, "updated_at": row.updated_at.isoformat()}
+                            for slug, row in latest.items()]
+        run.decision = decision.as_dict()
         run.orders = [{**order, "order_ref": f"{ORDER_REF_PREFIX}{run.pk}:{n}", "outcome": "planned"}
                       for n, order in enumerate(run.decision["orders"], start=1)]
         skipped = sum(len(v) for v in decision.skipped.values())
-        planned = f"{len(run.orders)} order(s) planned, {len(decision.clipped)} clip(s), {skipped} strategy(ies) skipped"
+        planned = (f"{len(run.orders)} order(s) planned, {len(decision.clipped)} clip(s), {skipped} strategy(ies) "
+                   "skipped")
+        step = {"step": "decide", "by": "daemon", "at": now.isoformat(), "outcome": planned}
         if sending:
             run.state = CommanderRun.State.FAILED
             run.summary = f"{planned}; nothing sent: sending option orders is not built yet"
-            run.steps = [{"step": "execute", "by": "web", "at": now.isoformat(), "outcome": "refused: not built"}]
+            run.steps = [*run.steps, step, {"step": "execute", "by": "daemon", "at": now.isoformat(),
+                                            "outcome": "refused: sending is not built yet"}]
         else:
+            why = "dry-run" if run.dry_run else "dry-run (no strategy has sending enabled)"
             run.state = CommanderRun.State.COMPLETED
-            why = "dry-run" if dry_run else "dry-run (no strategy has sending enabled)"
+            run.dry_run = True
             run.summary = f"{why}: {planned}, none sent"
+            run.steps = [*run.steps, step]
         run.save()
-        Operation.objects.create(ts=now, kind=Operation.Kind.COMMANDER_RUN, actor=user,
+        Operation.objects.create(ts=now, kind=Operation.Kind.COMMANDER_RUN, actor=run.requested_by,
                                  message=f"commander run #{run.pk} {run.state}: {run.summary}")
     return run
+
+
+def commander_window_due(now: datetime, calendar: MarketCalendar) -> bool:
+    """Whether the scheduled run is due: a trading day in New York, past the configured US/Eastern time, and no
+    scheduled run yet on this trading date (django-q2 schedules run in UTC, so the task decides itself)."""
+    day = trading_date(now)
+    if calendar.session_bounds(day) is None:
+        return False
+    hour, minute = (int(x) for x in settings.BIFROST_COMMANDER_WINDOW.split(":"))
+    if now.astimezone(ET).time() < time(hour, minute):
+        return False
+    since = datetime.combine(day, time(0), ET)
+    return not CommanderRun.objects.filter(trigger=CommanderRun.Trigger.SCHEDULED, executed_at__gte=since).exists()
 
 
 def strategy_sending_set(*, strategy: Strategy, enabled: bool, user: str, now: datetime) -> None:

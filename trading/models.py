@@ -98,6 +98,7 @@ class ControlCommand(models.Model):
         RESET_HALT = "reset_halt"
         RECONNECT = "reconnect"
         REFRESH_ACCOUNT = "refresh_account"
+        COMMANDER_RUN = "commander_run"
 
     class State(models.TextChoices):
         PENDING = "pending"
@@ -108,6 +109,7 @@ class ControlCommand(models.Model):
 
     command = models.CharField(max_length=20, choices=Command.choices)
     reason = models.CharField(max_length=500, blank=True)
+    payload = models.JSONField(default=dict, blank=True)  # commander_run: {"run_id": n}
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING, db_index=True)
     result = models.TextField(blank=True)
     created_by = models.CharField(max_length=150)

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 # ---- control commands ----------------------------------------------------------------------------------
 
 
-def control_command_create(*, command: str, reason: str = "", user: str, source: str = "api") -> ControlCommand:
+def control_command_create(*, command: str, reason: str = "", user: str, source: str = "api",
+                           payload: Mapping[str, Any] | None = None) -> ControlCommand:
     """Queue a command for the daemon. An unknown command is refused, never mapped to another one.
 
     When no daemon is running the command is settled at once (`_settle_offline`), under the lease row's lock so a
@@ -57,7 +58,8 @@ def control_command_create(*, command: str, reason: str = "", user: str, source:
                                   f"{settings.BIFROST_CONTROL_RATE}")
     with transaction.atomic():
         lease = DaemonLease.objects.select_for_update().annotate(age=lease_age()).filter(name="daemon").first()
-        cmd = ControlCommand.objects.create(command=command, reason=reason[:500], created_by=user, source=source)
+        cmd = ControlCommand.objects.create(command=command, reason=reason[:500], created_by=user, source=source,
+                                            payload=dict(payload or {}))
         operation_log(kind="command", actor=user, message=f"{command} queued from {source}"
                       + (f": {reason}" if reason else ""), data={"command_id": cmd.pk})
         if command != ControlCommand.Command.START and not lease_is_fresh(lease):

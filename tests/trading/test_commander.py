@@ -10,16 +10,17 @@ from django.utils import timezone
 from trading.commander import (
     ORDER_REF_PREFIX,
     commander_decide,
+    commander_execute,
+    commander_request,
     intent_publish,
-    snapshot_from_positions,
-    strategies_asked,
+    snapshot_create,
     strategy_sending_set,
 )
-from trading.core.commander import RULE_ALLOCATION, Rules, contract_key
+from trading.core.commander import RULE_ALLOCATION, Rules
 from trading.core.events import Contract
 from trading.core.strategies import MarketView
 from trading.errors import ConfigError
-from trading.models import AccountSnapshot, CommanderRun, Operation, Order, Position, Strategy
+from trading.models import CommanderRun, ControlCommand, Operation, Order, Strategy
 
 pytestmark = pytest.mark.django_db
 
@@ -38,16 +39,26 @@ def market(now) -> MarketView:
     return MarketView("NVDA", 179.0, now.date(), options)
 
 
-def account(now) -> None:
-    """Bifrost holds 2 straddles expiring in two days; the operator holds shares and a call of their own."""
-    AccountSnapshot.objects.create(ts=now, account=ACCOUNT, net_liquidation=500_000, buying_power=250_000)
+ACCOUNT_INFO = {"account": ACCOUNT, "net_liquidation": 500_000.0, "available_funds": 250_000.0}
+
+
+def positions() -> list[dict]:
+    """Bifrost holds 2 straddles expiring in two days; the operator holds shares and a call of their own (the
+    rows as the daemon's reconcile reports them)."""
     rows = [(leg("C", 180.0, OLD), 2, True), (leg("P", 180.0, OLD), 2, True), (leg("C", 175.0, NEW), 3, False),
             (Contract(1, "NVDA", "STK"), 400, False)]
-    for contract, qty, managed in rows:
-        Position.objects.create(account=ACCOUNT, con_id=contract.con_id, symbol=contract.symbol,
-                                local_symbol=contract.local_symbol, sec_type=contract.sec_type,
-                                right=contract.right or "", strike=contract.strike, expiry=contract.expiry,
-                                multiplier=contract.multiplier, qty=qty, managed=managed, updated_at=now)
+    return [{"con_id": c.con_id, "symbol": c.symbol, "local_symbol": c.local_symbol, "sec_type": c.sec_type,
+             "right": c.right, "strike": c.strike, "expiry": c.expiry.isoformat() if c.expiry else None,
+             "multiplier": c.multiplier, "qty": qty, "managed": managed} for c, qty, managed in rows]
+
+
+def queued(**fields) -> CommanderRun:
+    return CommanderRun.objects.create(executed_at=timezone.now(), **fields)
+
+
+def execute(run: CommanderRun, now) -> CommanderRun:
+    return commander_execute(run_id=run.pk, market=market(now), account=ACCOUNT_INFO, positions=positions(),
+                             now=now)
 
 
 def keeper(**fields) -> Strategy:
@@ -57,38 +68,44 @@ def keeper(**fields) -> Strategy:
 
 def test_a_dry_run_records_the_whole_decision_and_sends_nothing():
     now = timezone.now()
-    account(now)
-    strategy = keeper(capital_allocation=0.1)
-    view = market(now)
-    held = {contract_key(leg(r, 180.0, OLD)): 2 for r in "CP"}
-    intent = intent_publish(strategy=strategy, market=view, held=held, now=now)
-    snapshot = snapshot_from_positions(account=ACCOUNT, now=now)
+    keeper(capital_allocation=0.1)
 
-    run = commander_decide(snapshot=snapshot, strategies=strategies_asked(), underlying="NVDA", rules=Rules(),
-                           now=now, user="op")
+    run = execute(queued(requested_by="op"), now)
 
     assert run.state == CommanderRun.State.COMPLETED and run.dry_run and "none sent" in run.summary
+    intent = Strategy.objects.get().intents.get()
     assert run.intents_read == [{"strategy": "keeper", "intent_id": intent.pk, "updated_at": now.isoformat()}]
     orders = {(o["contract"]["local_symbol"], o["action"], o["qty"]) for o in run.orders}
     # The old straddle is sold, the new one bought; the operator's call of the new expiry is not counted.
     assert orders == {("NVDA 261204C180", "SELL", 2), ("NVDA 261204P180", "SELL", 2),
                       ("NVDA 270108C180", "BUY", 2), ("NVDA 270108P180", "BUY", 2)}
     assert [o["order_ref"] for o in run.orders] == [f"{ORDER_REF_PREFIX}{run.pk}:{n}" for n in range(1, 5)]
-    assert {h["owner"] for h in snapshot.holdings if h["contract"]["sec_type"] == "STK"} == {"manual"}
+    assert {h["owner"] for h in run.snapshot.holdings if h["contract"]["sec_type"] == "STK"} == {"manual"}
     assert Order.objects.count() == 0
     assert Operation.objects.filter(kind=Operation.Kind.COMMANDER_RUN, actor="op").exists()
 
 
-def test_a_stale_intent_is_skipped_and_an_allocation_clip_names_its_rule():
+def test_a_redelivered_run_is_not_decided_twice():
     now = timezone.now()
-    account(now)
+    keeper()
+    run = execute(queued(), now)
+
+    again = execute(run, now + timedelta(seconds=5))
+
+    assert again.orders == run.orders and Strategy.objects.get().intents.count() == 1
+
+
+def test_a_stale_intent_is_skipped_and_an_allocation_clip_names_its_rule():
+    """A strategy whose latest intent predates the window (it did not publish today) is skipped and reported."""
+    now = timezone.now()
     stale = keeper(slug="stale")
     small = keeper(slug="small", capital_allocation=0.002)  # 1,000 USD of 500k: 1 straddle at 8.00 is 800
     intent_publish(strategy=stale, market=market(now), held={}, now=now - timedelta(days=2))
     intent_publish(strategy=small, market=market(now), held={}, now=now)
 
-    run = commander_decide(snapshot=snapshot_from_positions(account=ACCOUNT, now=now),
-                           strategies=strategies_asked(["stale", "small"]), underlying="NVDA", rules=Rules(), now=now)
+    run = commander_decide(run=queued(), snapshot=snapshot_create(account=ACCOUNT_INFO, positions=positions(),
+                                                                  now=now),
+                           strategies=[stale, small], underlying="NVDA", rules=Rules(), now=now)
 
     assert set(run.decision["skipped"]["stale"]) == {"stale"}
     assert {(c["rule"], c["from"], c["to"], c["strategy"]) for c in run.decision["clipped"]} == {
@@ -97,47 +114,54 @@ def test_a_stale_intent_is_skipped_and_an_allocation_clip_names_its_rule():
 
 def test_asking_to_send_is_refused_until_sending_is_built_and_the_switch_is_audited():
     now = timezone.now()
-    account(now)
     strategy = keeper()
     strategy_sending_set(strategy=strategy, enabled=True, user="op", now=now)
-    intent_publish(strategy=strategy, market=market(now), held={}, now=now)
 
-    run = commander_decide(snapshot=snapshot_from_positions(account=ACCOUNT, now=now), strategies=[strategy],
-                           underlying="NVDA", rules=Rules(), now=now, dry_run=False)
+    run = execute(queued(dry_run=False), now)
 
     assert run.state == CommanderRun.State.FAILED and "nothing sent" in run.summary and not run.dry_run
     assert Operation.objects.get(kind=Operation.Kind.STRATEGY_SENDING).message == "strategy keeper: sending enabled"
 
 
+def test_a_live_run_without_any_strategy_sending_is_a_dry_run():
+    keeper()
+
+    run = execute(queued(dry_run=False), timezone.now())
+
+    assert run.state == CommanderRun.State.COMPLETED and run.dry_run
+    assert run.summary.startswith("dry-run (no strategy has sending enabled)")
+
+
 def test_an_unknown_strategy_is_refused_by_name_before_anything_runs():
     keeper()
     with pytest.raises(ConfigError) as info:
-        strategies_asked(["keeper", "nope"])
+        commander_request(strategies=["keeper", "nope"], user="op")
     assert "'nope'" in info.value.reason and CommanderRun.objects.count() == 0
 
 
+def test_without_a_daemon_a_requested_run_fails_at_once_naming_why():
+    keeper()
+
+    run = commander_request(user="op")
+
+    assert run.state == CommanderRun.State.FAILED and "daemon is not running" in run.summary
+    assert ControlCommand.objects.get().command == "commander_run"
+
+
 def test_a_failing_strategy_publishes_an_error_intent_that_the_commander_reports():
-    now = timezone.now()
-    account(now)
     broken = keeper(slug="broken")
     broken.params = {"straddles": 1, "min_dte": 400, "max_dte": 500}  # no expiry that far out
     broken.save()
-    intent = intent_publish(strategy=broken, market=market(now), held={}, now=now)
 
-    run = commander_decide(snapshot=snapshot_from_positions(account=ACCOUNT, now=now), strategies=[broken],
-                           underlying="NVDA", rules=Rules(), now=now)
+    run = execute(queued(), timezone.now())
 
-    assert intent.status == "error" and "no expiry" in intent.error_message
+    assert broken.intents.get().status == "error"
     assert "no expiry" in run.decision["skipped"]["errored"]["broken"] and run.orders == []
 
 
 def test_the_admin_renders_a_run_as_tables(admin_client):
-    now = timezone.now()
-    account(now)
-    strategy = keeper()
-    intent_publish(strategy=strategy, market=market(now), held={}, now=now)
-    run = commander_decide(snapshot=snapshot_from_positions(account=ACCOUNT, now=now), strategies=[strategy],
-                           underlying="NVDA", rules=Rules(), now=now)
+    keeper()
+    run = execute(queued(), timezone.now())
 
     page = admin_client.get(f"/admin/trading/commanderrun/{run.pk}/change/")
 

@@ -591,6 +591,10 @@ class Daemon:
         elif name == "reconnect":
             self._finish(command.pk, "done", "reconnecting to the broker")
             await self.broker.disconnect()
+        elif name == "commander_run":
+            # Off the hot path: the broker steps are awaited in a task of their own, the decision runs on the
+            # control lane's thread, and quotes keep flowing to the engine meanwhile.
+            self._spawn(self._commander_run(command), "commander")
         elif name == "refresh_account":
             try:
                 await self._refresh_account()
@@ -599,6 +603,54 @@ class Daemon:
                 self._finish(command.pk, "rejected", f"refresh failed: {exc}")
         else:
             self._finish(command.pk, "rejected", f"the daemon does not carry out {name!r}")
+
+    async def _commander_run(self, command: ControlCommand) -> None:
+        """Reconcile, read the option chain, then let the commander decide and record (trading.commander)."""
+        from trading import commander
+        from trading.core.strategies import MarketView
+
+        engine = self.engine
+        assert engine is not None
+        run_id = command.payload.get("run_id")
+        now = self.clock()
+
+        def step(name: str, outcome: str) -> dict[str, str]:
+            return {"step": name, "by": "daemon", "at": self.clock().isoformat(), "outcome": outcome}
+
+        async def fail(at: str, why: str) -> None:
+            if run_id is not None:
+                await self._control_db(commander.commander_fail)(run_id=run_id, step=at, why=why, now=self.clock())
+            self._finish(command.pk, "rejected", f"commander run: {at}: {why}")
+
+        try:
+            blocked = "paused" if engine.paused else ("risk halt: " + engine.halt_reason if engine.halt_reason else "")
+            if blocked:
+                await fail("guard", f"blocked: {blocked}")
+                return
+            spot = engine.mid
+            if spot is None:
+                await fail("market", "no quote for the underlying yet")
+                return
+            await self._refresh_account()
+            steps = [step("reconcile", f"{len(self._marks)} position(s)")]
+            chain = await self.broker.option_chain(engine.params.underlying, spot=spot,
+                                                   max_dte=settings.BIFROST_COMMANDER_MAX_DTE,
+                                                   strikes_each_side=settings.BIFROST_COMMANDER_STRIKES)
+            steps.append(step("option_chain", f"{len(chain)} option(s) quoted"))
+            market = MarketView(engine.params.underlying, spot, trading_date(now), {
+                (q.contract.right, q.contract.strike, q.contract.expiry): (q.contract, q.mid) for q in chain
+                if q.contract.right and q.contract.strike is not None and q.contract.expiry is not None})
+            run = await self._control_db(commander.commander_execute)(
+                run_id=run_id, market=market, account=self._account, positions=self._positions_json(),
+                steps=steps, now=self.clock())
+        except (BrokerError, OSError, ConnectionError, TimeoutError) as exc:
+            await fail("broker", str(exc))
+            return
+        except DatabaseError as exc:
+            log.error("commander run #%s: database error: %s", run_id, exc)
+            self._finish(command.pk, "rejected", f"commander run: database error: {exc}")
+            return
+        self._finish(command.pk, "done" if run.state == "completed" else "rejected", f"run #{run.pk}: {run.summary}")
 
     def _finish_flatten_if_done(self) -> None:
         engine = self.engine

@@ -1,0 +1,79 @@
+"""The commander through the daemon on the simulated market: a run queued like the web queues it is carried out
+by the daemon (reconcile, the option chain, the strategies, the decision) with the hedger still running; a dry run
+sends the broker nothing, and the persisted pause blocks a run."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from trading.brokers.sim import SimBroker
+from trading.commander import commander_request
+from trading.daemon.runtime import Daemon
+from trading.models import CommanderRun, Strategy
+from trading.services import control_command_create, strategy_config_create
+from trading.sim.market import MarketConfig
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def _until(predicate: Callable[[], object], timeout_s: float, what: str) -> object:
+    deadline = time.monotonic() + timeout_s
+    while not (value := await asyncio.to_thread(predicate)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(0.05)
+    return value
+
+
+def _final(run_id: int) -> CommanderRun | None:
+    run = CommanderRun.objects.get(pk=run_id)
+    return run if run.state in ("completed", "failed", "partial_success") else None
+
+
+def test_a_dry_run_through_the_daemon_plans_a_roll_and_sends_nothing_and_pause_blocks_it(tmp_path, settings):
+    settings.BIFROST_JOURNAL_DIR = tmp_path
+    strategy_config_create(name="base", params={}, user="t", activate=True)
+    # The simulated account holds 10 straddles 28-34 days out: rolling below 35 days means rolling now.
+    Strategy.objects.create(slug="keeper", name="keeper", kind="straddle_keeper", capital_allocation=0.2,
+                            params={"straddles": 10, "min_dte": 40, "max_dte": 70, "roll_dte": 35})
+    broker = SimBroker(config=MarketConfig(), seed=7, state_path=tmp_path / "sim.json", tick_s=0.05)
+    daemon = Daemon(broker, heartbeat_s=0.2, history_s=1.0)
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        task = asyncio.get_running_loop().create_task(daemon.run())
+        await _until(lambda: daemon.engine is not None and daemon.engine.mid is not None
+                     and daemon.engine.book.legs, 30, "a running daemon with its legs")
+        quote_before = daemon.engine.quote_ts
+        run = await asyncio.to_thread(commander_request, dry_run=True, user="op")
+        seen["run"] = await _until(lambda: _final(run.pk), 30, "the dry run")
+        seen["commander_refs"] = [r for r in broker.sent_refs() if ":cmd:" in r]
+        seen["quotes_went_on"] = daemon.engine.quote_ts > quote_before  # the engine kept taking quotes
+        await asyncio.to_thread(control_command_create, command="pause", user="op")
+        await _until(lambda: daemon.engine.paused, 10, "pause")
+        blocked = await asyncio.to_thread(commander_request, dry_run=True, user="op")
+        seen["blocked"] = await _until(lambda: _final(blocked.pk), 30, "the blocked run")
+        daemon.request_stop("test done")
+        seen["exit"] = await task
+
+    asyncio.run(scenario())
+
+    run = seen["run"]
+    assert isinstance(run, CommanderRun)
+    assert run.state == "completed" and run.dry_run, run.summary
+    assert [s["step"] for s in run.steps] == ["reconcile", "option_chain", "decide"]
+    orders = {(o["action"], o["qty"], o["contract"]["right"]) for o in run.orders}
+    assert orders == {("SELL", 10, "C"), ("SELL", 10, "P"), ("BUY", 10, "C"), ("BUY", 10, "P")}
+    sold = {o["contract"]["con_id"] for o in run.orders if o["action"] == "SELL"}
+    owned = {h["contract"]["con_id"] for h in run.snapshot.holdings if h["owner"] == "bifrost"}
+    manual = {h["contract"]["con_id"] for h in run.snapshot.holdings if h["owner"] == "manual"}
+    assert sold == owned and not manual & {o["contract"]["con_id"] for o in run.orders}
+    assert seen["commander_refs"] == []
+    assert seen["quotes_went_on"]
+    blocked = seen["blocked"]
+    assert isinstance(blocked, CommanderRun)
+    assert blocked.state == "failed" and "blocked: paused" in blocked.summary and blocked.orders == []
+    assert seen["exit"] == 0
