@@ -53,7 +53,7 @@ def positions() -> list[dict]:
 
 
 def queued(**fields) -> CommanderRun:
-    return CommanderRun.objects.create(executed_at=timezone.now(), **fields)
+    return CommanderRun.objects.create(**{"executed_at": timezone.now(), **fields})
 
 
 def execute(run: CommanderRun, now) -> CommanderRun:
@@ -170,3 +170,32 @@ def test_the_admin_renders_a_run_as_tables(admin_client):
     assert f"{ORDER_REF_PREFIX}{run.pk}:1" in html and "NVDA 270108C180" in html
     assert admin_client.get("/admin/trading/strategy/").status_code == 200
     assert admin_client.get("/admin/trading/strategyintent/").status_code == 200
+
+
+def test_the_window_is_the_configured_new_york_time_on_trading_days_once_a_day(settings, monkeypatch):
+    from datetime import UTC, datetime
+
+    from django_q.models import Schedule
+
+    from trading.commander import commander_window_due
+    from trading.core.calendar import TradingCalendar
+    from trading.tasks import commander_window_task
+
+    settings.BIFROST_COMMANDER_WINDOW = "15:30"
+    calendar = TradingCalendar()
+    wednesday_before, wednesday_after = (datetime(2026, 12, 2, 20, 29, tzinfo=UTC),  # 15:29 / 15:31 New York
+                                         datetime(2026, 12, 2, 20, 31, tzinfo=UTC))
+    saturday = datetime(2026, 12, 5, 20, 31, tzinfo=UTC)
+    assert not commander_window_due(wednesday_before, calendar)
+    assert commander_window_due(wednesday_after, calendar)
+    assert not commander_window_due(saturday, calendar)
+    assert Schedule.objects.get(name="bifrost: commander window").func == "trading.tasks.commander_window_task"
+
+    keeper()
+    monkeypatch.setattr("trading.tasks.timezone.now", lambda: wednesday_after)
+    assert commander_window_task().endswith(": failed")  # queued as scheduled; no daemon runs here
+    run = CommanderRun.objects.get()
+    assert (run.trigger, run.dry_run, run.requested_by) == ("scheduled", False, "schedule")
+    run.executed_at = wednesday_after
+    run.save()
+    assert commander_window_task() == "not due"  # once a day
