@@ -49,7 +49,7 @@ class Observation:
 
 # Occurrence kinds (the rest are standing conditions): their alerts clear after EVENT_QUIET_S without a new one.
 EVENT_KINDS = frozenset({"order_rejected", "record_rejected", "lease_lost", "reconcile_mismatch", "flatten_done",
-                         "flatten_failed", "live_mode", "daemon_exited", "daemon_fatal"})
+                         "flatten_failed", "live_mode", "daemon_exited", "daemon_fatal", "strategy_skipped"})
 STANDING_KINDS = frozenset({"lamp_red", "lamp_yellow", "risk_halt", "broker_disconnected", "data_stale",
                             "order_unknown", "near_loss_limit", "db_outage"})
 ALERT_KINDS = EVENT_KINDS | STANDING_KINDS
@@ -113,6 +113,8 @@ def occurrences(operations: Iterable[Operation]) -> list[Observation]:
             out.append(Observation(kind, kind, "critical", message, event=True))
         elif kind == "flatten_done":
             out.append(Observation(kind, kind, "info", message, event=True, one_shot=True))
+        elif kind == "strategy_skipped":
+            out.append(Observation(kind, kind, "warning", f"commander: {message}", event=True))
         elif kind == "flatten_failed":
             out.append(Observation(kind, kind, "critical", message, event=True, one_shot=True))
         elif kind == "daemon_start" and " live mode" in message:

@@ -221,6 +221,11 @@ def commander_decide(*, run: CommanderRun, snapshot: PortfolioSnapshot, strategi
         run.save()
         Operation.objects.create(ts=now, kind=Operation.Kind.COMMANDER_RUN, actor=run.requested_by,
                                  message=f"commander run #{run.pk} {run.state}: {run.summary}")
+        lame = {kind: sorted(decision.skipped[kind]) for kind in ("stale", "missing") if decision.skipped[kind]}
+        if lame:  # an alert (monitor.alerts): a strategy that did not publish today is not being managed
+            Operation.objects.create(ts=now, kind=Operation.Kind.STRATEGY_SKIPPED, actor=run.requested_by,
+                                     message=f"commander run #{run.pk} skipped "
+                                             + "; ".join(f"{k}: {', '.join(v)}" for k, v in lame.items()))
     return run
 
 

@@ -179,6 +179,7 @@ class Operation(models.Model):
         # strategies and the commander
         STRATEGY_SENDING = "strategy_sending", "strategy sending switched"
         COMMANDER_RUN = "commander_run"
+        STRATEGY_SKIPPED = "strategy_skipped", "strategy skipped (stale or missing intent)"
         # orders and fills
         ORDER_SENT = "order_sent"
         ORDER_WORKING = "order_working"

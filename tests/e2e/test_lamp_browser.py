@@ -8,9 +8,10 @@ import signal
 import time
 
 import pytest
+from django.utils import timezone
 
 from tests.e2e.conftest import BROWSER_MISSING, login, shot, wait_until
-from trading.models import Order
+from trading.models import CommanderRun, Order
 
 pytestmark = [
     pytest.mark.slow,
@@ -49,6 +50,13 @@ def test_operator_pauses_resumes_sees_a_dead_daemon_and_starts_it_again(system, 
     assert "USD" in browser.find_element("id", "account").text  # net liquidation, available funds, buying power
     assert browser.find_element("id", "account-stale").get_attribute("hidden") is not None
     shot(browser, "lamp-green")
+
+    CommanderRun.objects.create(executed_at=timezone.now(), state="completed", summary="dry-run: 0 order(s) planned",
+                                decision={"skipped": {"stale": {"keeper": "updated yesterday"}, "missing": {},
+                                                      "errored": {}}})
+    commander = wait_until(lambda: "skipped stale: keeper" in (t := browser.find_element("id", "commander").text)
+                           and t, 15, "the last commander run with its stale strategy")
+    assert "completed" in commander and "dry-run" in commander
 
     _press(browser, "pause")
     started = time.monotonic()

@@ -225,3 +225,22 @@ def test_acknowledging_stops_repeats_but_not_the_resolved_message(webhook, setti
     _settle(book, [webhook], 2)
 
     assert [b["state"] for b in webhook.bodies()] == ["firing", "resolved"]
+
+
+def test_a_commander_run_that_skips_a_stale_strategy_raises_a_warning(webhook):
+    from trading.commander import commander_decide, snapshot_create
+    from trading.core.commander import Rules
+    from trading.models import CommanderRun, Strategy
+
+    strategy = Strategy.objects.create(slug="keeper", name="keeper", kind="straddle_keeper")
+    run = CommanderRun.objects.create(executed_at=T0)
+    commander_decide(run=run, snapshot=snapshot_create(account={"net_liquidation": 1e6}, positions=[], now=T0),
+                     strategies=[strategy], underlying="NVDA", rules=Rules(), now=T0)
+    book = AlertBook(Clock())
+
+    book.observe([], occurrences(Operation.objects.filter(kind="strategy_skipped")), "paper")
+    _settle(book, [webhook], 1)
+
+    body = webhook.bodies()[0]
+    assert (body["kind"], body["severity"]) == ("strategy_skipped", "warning")
+    assert f"commander run #{run.pk} skipped missing: keeper" in body["message"]

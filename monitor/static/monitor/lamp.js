@@ -131,6 +131,19 @@ async function refreshAlerts() {
     : '<tr><td colspan="5" class="muted">none</td></tr>';
 }
 
+async function refreshCommander() {
+  const r = await fetch("/api/commander/runs/?limit=1", { credentials: "same-origin" });
+  if (!r.ok) return;
+  const run = ((await r.json()).results || [])[0];
+  if (!run) return;
+  const skipped = run.decision.skipped || {};
+  const names = (kind) => Object.keys(skipped[kind] || {});
+  const lame = ["stale", "missing", "errored"].filter((k) => names(k).length).map((k) => `${k}: ${names(k).join(", ")}`);
+  $("commander").className = `small${lame.length || run.state === "failed" ? " warn" : ""}`;
+  $("commander").textContent = `#${run.id} ${run.executed_at.slice(0, 16).replace("T", " ")} UTC · ${run.state}`
+    + ` · ${run.summary}` + (lame.length ? ` · skipped ${lame.join("; ")}` : "");
+}
+
 // ---- control buttons, each confirmed in words -----------------------------------------------------------
 function csrfToken() {
   const m = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
@@ -179,3 +192,5 @@ refreshOperations();
 setInterval(refreshOperations, 3000);
 refreshAlerts();
 setInterval(refreshAlerts, 3000);
+refreshCommander();
+setInterval(refreshCommander, 10000);
