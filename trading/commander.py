@@ -4,8 +4,9 @@ daemon talks to the broker, so it reconciles the account, reads the option chain
 `commander_execute`, which runs the strategies (intents), stores the snapshot, decides
 (`trading.core.commander.decide`) and records the run with its planned orderRefs before anything could be sent.
 
-Not built yet (README, "Strategies and the commander"): sending option orders. A run asked to send for a strategy
-whose sending is enabled is refused with nothing sent; every other run is a dry run and writes its full record.
+A live run sends the orders of the strategies whose sending the operator enabled (the daemon's
+`_commander_send`, through the same fence and journal as a hedge); every other run is a dry run and writes its
+full record.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from django.utils import timezone
 
 from trading.core.calendar import ET, MarketCalendar, trading_date
 from trading.core.commander import (
+    COMMANDER_REF_PREFIX,
     ContractKey,
     Intent,
     Portfolio,
@@ -34,8 +36,6 @@ from trading.core.strategies import MarketView, build
 from trading.errors import ConfigError
 from trading.models import CommanderRun, ControlCommand, Operation, PortfolioSnapshot, Strategy, StrategyIntent
 from trading.services import control_command_create
-
-ORDER_REF_PREFIX = "bifrost:cmd:"
 
 
 def contract_from_json(data: Mapping[str, Any]) -> Contract:
@@ -154,7 +154,7 @@ def commander_fail(*, run_id: int, step: str, why: str, now: datetime) -> None:
 
 
 def commander_execute(*, run_id: int | None, market: MarketView, account: Mapping[str, Any],
-                      positions: Sequence[Mapping[str, Any]], open_orders: Sequence[Mapping[str, Any]] = (),
+                      positions: Sequence[Mapping[str, Any]], open_orders: Iterable[tuple[str, float]] = (),
                       steps: Sequence[Mapping[str, Any]] = (), now: datetime) -> CommanderRun:
     """The daemon's part after its broker steps: publish the strategies' intents, store the snapshot, decide and
     record (see `commander_decide`). A run already past `queued` is returned as it is, so a redelivered command
@@ -179,7 +179,7 @@ def commander_execute(*, run_id: int | None, market: MarketView, account: Mappin
     held = held_options(positions)
     for strategy in strategies:
         intent_publish(strategy=strategy, market=market, held=held, now=now)
-    snapshot = snapshot_create(account=account, positions=positions, open_orders=open_orders, now=now)
+    snapshot = snapshot_create(account=account, positions=positions, open_orders=pending_rows(open_orders), now=now)
     return commander_decide(run=run, snapshot=snapshot, strategies=strategies, underlying=market.underlying,
                             rules=rules_configured(), now=now)
 
@@ -188,6 +188,11 @@ def commander_decide(*, run: CommanderRun, snapshot: PortfolioSnapshot, strategi
                      underlying: str, rules: Rules, now: datetime) -> CommanderRun:
     """Decide and record: the intents read (with their updated_at), the snapshot, the decision and the planned
     orders with their orderRefs, all persisted in one transaction before anything could be sent."""
+    # A live run sends for the strategies whose sending the operator enabled, and decides for them only; with none
+    # enabled it is a dry run of them all.
+    senders = [s for s in strategies if s.send_enabled] if not run.dry_run else []
+    silent = [s.slug for s in strategies if s not in senders] if senders else []
+    strategies = senders or strategies
     latest: dict[str, StrategyIntent] = {}
     for strategy in strategies:
         row = strategy.intents.order_by("-updated_at", "-id").first()
@@ -195,23 +200,24 @@ def commander_decide(*, run: CommanderRun, snapshot: PortfolioSnapshot, strategi
             latest[strategy.slug] = row
     decision = decide(_portfolio(snapshot, underlying), {slug: _intent(row) for slug, row in latest.items()},
                       [StrategySlot(s.slug, s.capital_allocation) for s in strategies], window_start(now), rules)
-    sending = not run.dry_run and any(s.send_enabled for s in strategies)
+    sending = bool(senders)
     with transaction.atomic():
         run.snapshot = snapshot
         run.intents_read = [{"strategy": slug, "intent_id": row.pk, "updated_at": row.updated_at.isoformat()}
                             for slug, row in latest.items()]
         run.decision = decision.as_dict()
-        run.orders = [{**order, "order_ref": f"{ORDER_REF_PREFIX}{run.pk}:{n}", "outcome": "planned"}
+        run.orders = [{**order, "order_ref": f"{COMMANDER_REF_PREFIX}{run.pk}:{n}", "outcome": "planned"}
                       for n, order in enumerate(run.decision["orders"], start=1)]
         skipped = sum(len(v) for v in decision.skipped.values())
         planned = (f"{len(run.orders)} order(s) planned, {len(decision.clipped)} clip(s), {skipped} strategy(ies) "
                    "skipped")
         step = {"step": "decide", "by": "daemon", "at": now.isoformat(), "outcome": planned}
-        if sending:
-            run.state = CommanderRun.State.FAILED
-            run.summary = f"{planned}; nothing sent: sending option orders is not built yet"
-            run.steps = [*run.steps, step, {"step": "execute", "by": "daemon", "at": now.isoformat(),
-                                            "outcome": "refused: sending is not built yet"}]
+        if sending:  # the daemon sends them next (its `_commander_send`), then `commander_orders_update`
+            run.summary = planned + (f"; not sending for {', '.join(silent)}" if silent else "")
+            run.steps = [*run.steps, step]
+            if not run.orders:
+                run.state = CommanderRun.State.COMPLETED
+                run.summary = f"{run.summary}: nothing to send"
         else:
             why = "dry-run" if run.dry_run else "dry-run (no strategy has sending enabled)"
             run.state = CommanderRun.State.COMPLETED
@@ -227,6 +233,42 @@ def commander_decide(*, run: CommanderRun, snapshot: PortfolioSnapshot, strategi
                                      message=f"commander run #{run.pk} skipped "
                                              + "; ".join(f"{k}: {', '.join(v)}" for k, v in lame.items()))
     return run
+
+
+def commander_orders_update(*, run_id: int, outcomes: Mapping[str, str], final: bool, now: datetime
+                            ) -> CommanderRun:
+    """The daemon's word on the orders a run sent: each order's outcome ("not sent: ...", "submitted", "working
+    ...", "filled ...", "cancelled", "rejected: ..."); when `final`, the run's state: completed when every order
+    filled, failed when none left us, partial_success otherwise (a limit still resting included)."""
+    with transaction.atomic():
+        run = CommanderRun.objects.select_for_update().get(pk=run_id)
+        run.orders = [{**o, "outcome": outcomes.get(o["order_ref"], o["outcome"])} for o in run.orders]
+        states = [o["outcome"] for o in run.orders]
+        if final:
+            filled = sum(x.startswith("filled") for x in states)
+            unsent = sum(x.startswith(("not sent", "rejected")) for x in states)
+            run.state = (CommanderRun.State.COMPLETED if filled == len(states) else
+                         CommanderRun.State.FAILED if unsent == len(states) else CommanderRun.State.PARTIAL_SUCCESS)
+            run.summary = f"{run.summary}; {filled} of {len(states)} order(s) filled" + (
+                f", {unsent} not sent or rejected" if unsent else "")
+            Operation.objects.create(ts=now, kind=Operation.Kind.COMMANDER_RUN, actor=run.requested_by,
+                                     message=f"commander run #{run.pk} {run.state}: {run.summary}")
+        run.steps = [*run.steps, {"step": "execute" if not final else "follow", "by": "daemon",
+                                  "at": now.isoformat(), "outcome": ", ".join(states)}]
+        run.save(update_fields=["orders", "state", "summary", "steps"])
+    return run
+
+
+def pending_rows(open_orders: Iterable[tuple[str, float]]) -> list[dict[str, Any]]:
+    """Bifrost's commander orders still open at the broker, as (orderRef, signed remaining qty), with the contract
+    their run planned: they count as pending in the next decision, so a retry never doubles them."""
+    rows = []
+    for ref, remaining in open_orders:
+        run_id, _, n = ref.removeprefix(COMMANDER_REF_PREFIX).partition(":")
+        run = CommanderRun.objects.filter(pk=int(run_id)).first() if run_id.isdigit() and n.isdigit() else None
+        if run is not None and 0 < int(n) <= len(run.orders):
+            rows.append({"contract": run.orders[int(n) - 1]["contract"], "qty": remaining, "order_ref": ref})
+    return rows
 
 
 def commander_window_due(now: datetime, calendar: MarketCalendar) -> bool:

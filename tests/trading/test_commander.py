@@ -8,15 +8,15 @@ import pytest
 from django.utils import timezone
 
 from trading.commander import (
-    ORDER_REF_PREFIX,
     commander_decide,
     commander_execute,
+    commander_orders_update,
     commander_request,
     intent_publish,
     snapshot_create,
     strategy_sending_set,
 )
-from trading.core.commander import RULE_ALLOCATION, Rules
+from trading.core.commander import COMMANDER_REF_PREFIX, RULE_ALLOCATION, Rules
 from trading.core.events import Contract
 from trading.core.strategies import MarketView
 from trading.errors import ConfigError
@@ -79,7 +79,7 @@ def test_a_dry_run_records_the_whole_decision_and_sends_nothing():
     # The old straddle is sold, the new one bought; the operator's call of the new expiry is not counted.
     assert orders == {("NVDA 261204C180", "SELL", 2), ("NVDA 261204P180", "SELL", 2),
                       ("NVDA 270108C180", "BUY", 2), ("NVDA 270108P180", "BUY", 2)}
-    assert [o["order_ref"] for o in run.orders] == [f"{ORDER_REF_PREFIX}{run.pk}:{n}" for n in range(1, 5)]
+    assert [o["order_ref"] for o in run.orders] == [f"{COMMANDER_REF_PREFIX}{run.pk}:{n}" for n in range(1, 5)]
     assert {h["owner"] for h in run.snapshot.holdings if h["contract"]["sec_type"] == "STK"} == {"manual"}
     assert Order.objects.count() == 0
     assert Operation.objects.filter(kind=Operation.Kind.COMMANDER_RUN, actor="op").exists()
@@ -112,15 +112,46 @@ def test_a_stale_intent_is_skipped_and_an_allocation_clip_names_its_rule():
         (RULE_ALLOCATION, 2, 1, "small")}
 
 
-def test_asking_to_send_is_refused_until_sending_is_built_and_the_switch_is_audited():
+def test_a_live_run_decides_for_the_sending_strategies_only_and_waits_for_the_daemon_to_send():
     now = timezone.now()
     strategy = keeper()
+    keeper(slug="quiet")
     strategy_sending_set(strategy=strategy, enabled=True, user="op", now=now)
 
     run = execute(queued(dry_run=False), now)
 
-    assert run.state == CommanderRun.State.FAILED and "nothing sent" in run.summary and not run.dry_run
+    assert run.state == CommanderRun.State.RUNNING and not run.dry_run and len(run.orders) == 4
+    assert "not sending for quiet" in run.summary and [i["strategy"] for i in run.intents_read] == ["keeper"]
+    assert all(o["outcome"] == "planned" for o in run.orders)
     assert Operation.objects.get(kind=Operation.Kind.STRATEGY_SENDING).message == "strategy keeper: sending enabled"
+
+
+def test_order_outcomes_settle_the_run_completed_partial_or_failed():
+    now = timezone.now()
+    strategy = keeper()
+    strategy_sending_set(strategy=strategy, enabled=True, user="op", now=now)
+    cases = [(["filled 2"] * 4, "completed"), (["filled 2", "working (0 of 2 filled)", "filled 2", "filled 2"],
+                                               "partial_success"), (["not sent: paused"] * 4, "failed")]
+    for outcomes, state in cases:
+        run = execute(queued(dry_run=False), now)
+        refs = [o["order_ref"] for o in run.orders]
+        done = commander_orders_update(run_id=run.pk, outcomes=dict(zip(refs, outcomes, strict=True)), final=True,
+                                       now=now)
+        assert done.state == state and [o["outcome"] for o in done.orders] == outcomes
+
+
+def test_open_commander_orders_count_as_pending_so_a_retry_never_doubles_them():
+    now = timezone.now()
+    strategy = keeper()
+    strategy_sending_set(strategy=strategy, enabled=True, user="op", now=now)
+    first = execute(queued(dry_run=False), now)
+    still_open = [(o["order_ref"], o["qty"] if o["action"] == "BUY" else -o["qty"]) for o in first.orders]
+
+    retry = commander_execute(run_id=queued(dry_run=False).pk, market=market(now), account=ACCOUNT_INFO,
+                              positions=positions(), open_orders=still_open, now=now)
+
+    assert retry.orders == [] and retry.state == CommanderRun.State.COMPLETED
+    assert len(retry.snapshot.open_orders) == 4
 
 
 def test_a_live_run_without_any_strategy_sending_is_a_dry_run():
@@ -167,7 +198,7 @@ def test_the_admin_renders_a_run_as_tables(admin_client):
 
     assert page.status_code == 200
     html = page.content.decode()
-    assert f"{ORDER_REF_PREFIX}{run.pk}:1" in html and "NVDA 270108C180" in html
+    assert f"{COMMANDER_REF_PREFIX}{run.pk}:1" in html and "NVDA 270108C180" in html
     assert admin_client.get("/admin/trading/strategy/").status_code == 200
     assert admin_client.get("/admin/trading/strategyintent/").status_code == 200
 

@@ -270,7 +270,7 @@ class IBBroker:
         self._require_connected()
         if order.order_ref in self._placed:
             return  # the same orderRef is the same order: it has left once, it never leaves again
-        contract = await self._stock(order.symbol)
+        contract = await (self._stock(order.symbol) if order.contract is None else self._option(order.contract))
         if order.type == "limit":
             if order.limit is None:
                 raise BrokerError(f"{order.order_ref}: a limit order needs a limit price")
@@ -587,6 +587,12 @@ class IBBroker:
                 raise BrokerError(f"IB does not know the stock {symbol!r}")
             contract = self._stock_contracts[symbol] = qualified[0]
         return contract
+
+    async def _option(self, contract: Contract) -> Any:
+        qualified = await self._qualify([self.lib.Contract(conId=contract.con_id, exchange="SMART")])
+        if not qualified:
+            raise BrokerError(f"IB does not know the contract {contract.local_symbol or contract.con_id}")
+        return qualified[0]
 
     async def _qualify(self, contracts: list[Any]) -> list[Any]:
         """qualifyContractsAsync, whichever client: ib_insync drops failures, ib_async puts None in their slot."""

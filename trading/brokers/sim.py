@@ -138,7 +138,8 @@ class SimBroker:
         if self.book.order_by_ref(order.order_ref) is not None:
             return  # idempotent: the same orderRef is the same order
         tracked = self.book.new_order(client_id=SIM_CLIENT_ID, order_id=self.book.take_order_id(),
-                                      account=self.account, contract=stock_contract(order.symbol), side=order.side,
+                                      account=self.account, contract=order.contract or stock_contract(order.symbol),
+                                      side=order.side,
                                       qty=order.qty, order_type=order.type, limit=order.limit,
                                       order_ref=order.order_ref)
         loop = asyncio.get_running_loop()

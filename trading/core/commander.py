@@ -19,6 +19,8 @@ from trading.core.events import Contract
 
 ContractKey = tuple[str, str, str | None, float | None, date | None]  # symbol, sec_type, right, strike, expiry
 
+COMMANDER_REF_PREFIX = "bifrost:cmd:"  # the commander's orderRefs: bifrost:cmd:<run>:<n>, never a hedge's
+
 RULE_HEDGER = "hedger_owns_shares"
 RULE_ALLOCATION = "capital_allocation"
 RULE_PER_UNDERLYING = "max_contracts_per_underlying"

@@ -21,6 +21,7 @@ from trading.core.classifier import (
 )
 from trading.core.events import (
     Action,
+    AdoptLegs,
     BrokerOrder,
     BrokerPosition,
     BrokerStatus,
@@ -184,6 +185,7 @@ class Engine:
         for contract, qty in s.managed:
             self.book.adopt(contract, qty, None)
         self.adopted = bool(s.managed)
+        self._to_adopt: dict[int, str] = {}  # con_id -> why: legs Bifrost opened, adopted once the account holds them
         self.book.hedge_shares = s.hedge_shares
         self.bid: float | None = None
         self.ask: float | None = None
@@ -243,8 +245,17 @@ class Engine:
         self.positions_synced = True
         self._sync_book(actions)
 
+    def _on_adopt_legs(self, e: AdoptLegs, actions: list[Action]) -> None:
+        self._to_adopt.update({con_id: e.why for con_id in e.con_ids if con_id not in self.book.legs})
+        self._sync_book(actions)
+
     def _sync_book(self, actions: list[Action]) -> None:
         self._adopt_if_needed(actions)
+        for position in self.positions:
+            why = self._to_adopt.get(position.contract.con_id)
+            if why is not None and position.qty > 0 and position.contract.sec_type == "OPT":
+                del self._to_adopt[position.contract.con_id]
+                self._adopt(position, why, actions)
         self.book.sync_quantities(self.positions)
         for leg in self.book.legs.values():
             key = str(leg.contract.con_id)
@@ -802,15 +813,19 @@ class Engine:
             self._operation(actions, "leg_not_adopted", f"{c.local_symbol or c.symbol} x {position.qty:g} not "
                             f"adopted: {why}", data={"con_id": c.con_id, "why": why})
         for position in adopt:
-            c = position.contract
-            self.book.adopt(c, position.qty, position.avg_cost)
-            actions.append(Record("managed_leg", {
-                "con_id": c.con_id, "symbol": c.symbol, "local_symbol": c.local_symbol, "right": c.right,
-                "strike": c.strike, "expiry": c.expiry.isoformat() if c.expiry else None,
-                "multiplier": c.multiplier, "adopted_qty": position.qty, "ts": self.now.isoformat(),
-            }))
-            self._operation(actions, "leg_adopted", f"adopted {c.local_symbol or c.symbol} x {position.qty:g}")
+            self._adopt(position, "", actions)
         self.adopted = True
+
+    def _adopt(self, position: BrokerPosition, why: str, actions: list[Action]) -> None:
+        c = position.contract
+        self.book.adopt(c, position.qty, position.avg_cost)
+        actions.append(Record("managed_leg", {
+            "con_id": c.con_id, "symbol": c.symbol, "local_symbol": c.local_symbol, "right": c.right,
+            "strike": c.strike, "expiry": c.expiry.isoformat() if c.expiry else None,
+            "multiplier": c.multiplier, "adopted_qty": position.qty, "ts": self.now.isoformat(),
+        }))
+        self._operation(actions, "leg_adopted", f"adopted {c.local_symbol or c.symbol} x {position.qty:g}"
+                        + (f" ({why})" if why else ""))
 
     def _roll_day(self, now: datetime, actions: list[Action]) -> None:
         if now.timestamp() < self._day_ends_at:
@@ -883,4 +898,5 @@ _HANDLERS: dict[type, Callable[[Engine, Any, list[Action]], None]] = {
     EdgeStatus: Engine._on_edge_status,
     Timer: Engine._on_timer,
     Control: Engine._on_control,
+    AdoptLegs: Engine._on_adopt_legs,
 }

@@ -158,8 +158,16 @@ class Control:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class AdoptLegs:
+    """Option legs Bifrost opened itself (a commander run's buys): adopted and hedged once the account holds them."""
+
+    con_ids: frozenset[int]
+    why: str
+
+
 Event = (Quote | OptionQuote | PositionsSynced | OrderUpdate | Fill | BrokerStatus | Reconciled | EdgeStatus | Timer
-         | Control)
+         | Control | AdoptLegs)
 
 
 # ---- actions --------------------------------------------------------------------------------------------
@@ -173,7 +181,8 @@ class PlaceOrder:
     qty: float
     type: OrderType
     limit: float | None
-    intent: Literal["hedge", "flatten"] = "hedge"
+    intent: Literal["hedge", "flatten", "commander"] = "hedge"
+    contract: Contract | None = None  # None: the underlying's shares (`symbol`); the commander's options carry theirs
 
 
 @dataclass(frozen=True, slots=True)

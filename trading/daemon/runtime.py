@@ -22,9 +22,11 @@ from django.db import DatabaseError, connection
 from trading import selectors, services
 from trading.brokers.base import Broker, CompletedOrder, OpenOrder, PositionMark
 from trading.core.calendar import ET, AlwaysOpenCalendar, TradingCalendar, trading_date
+from trading.core.commander import COMMANDER_REF_PREFIX
 from trading.core.engine import ENGINE_VERSION, Engine
 from trading.core.events import (
     Action,
+    AdoptLegs,
     BrokerOrder,
     BrokerPosition,
     BrokerStatus,
@@ -47,7 +49,7 @@ from trading.daemon.dblane import DbLane
 from trading.daemon.journal import DEAD_LETTER_NAME, Journal, journal_name
 from trading.daemon.sink import Sink
 from trading.errors import BrokerError, ConfigError
-from trading.models import ControlCommand, StrategyConfig
+from trading.models import CommanderRun, ControlCommand, StrategyConfig
 
 log = logging.getLogger(__name__)
 LAMP = {"ok": "green", "degraded": "yellow", "blocked": "red"}
@@ -63,6 +65,7 @@ PERIODIC_BACKOFF_MAX_S = 60.0
 CLOCK_SKEW_MAX_S = 2.0  # IB's clock comes in whole seconds: anything within this is agreement
 ORDER_REF_PREFIX = "bifrost:"
 FOREIGN_MEMORY = 10_000
+COMMANDER_FOLLOW_S = 30.0  # how long a live commander run follows its limit orders before recording them
 # The shutdown budget: SIGTERM to exit in under a second, whatever the broker or the database do.
 SHUTDOWN_CANCEL_S = 0.2
 SHUTDOWN_FLUSH_S = 0.4
@@ -380,6 +383,8 @@ class Daemon:
         """Our own order or execution: our prefix, in this account, on the underlying's shares. Anything else on
         the login (another account, another instrument, a client copying our prefix) never reaches the ledger."""
         assert self.engine is not None
+        if self._commanders(item):
+            return False  # the commander's option orders: their run follows them, the ledger never books them
         ours = (item.order_ref.startswith(ORDER_REF_PREFIX) and item.account == self.broker.account
                 and item.symbol == self.engine.params.underlying and item.sec_type == "STK")
         key = item.exec_id if isinstance(item, Fill) else item.order_ref
@@ -640,9 +645,13 @@ class Daemon:
             market = MarketView(engine.params.underlying, spot, trading_date(now), {
                 (q.contract.right, q.contract.strike, q.contract.expiry): (q.contract, q.mid) for q in chain
                 if q.contract.right and q.contract.strike is not None and q.contract.expiry is not None})
+            pending = [(o.order_ref, (o.qty - o.filled) * (1 if o.side == "BUY" else -1))
+                       for o in await self.broker.open_orders() if self._commanders(o)]
             run = await self._control_db(commander.commander_execute)(
                 run_id=run_id, market=market, account=self._account, positions=self._positions_json(),
-                steps=steps, now=self.clock())
+                open_orders=pending, steps=steps, now=self.clock())
+            if run.state == "running":
+                run = await self._commander_send(run)
         except (BrokerError, OSError, ConnectionError, TimeoutError) as exc:
             await fail("broker", str(exc))
             return
@@ -651,6 +660,55 @@ class Daemon:
             self._finish(command.pk, "rejected", f"commander run: database error: {exc}")
             return
         self._finish(command.pk, "done" if run.state == "completed" else "rejected", f"run #{run.pk}: {run.summary}")
+
+    async def _commander_send(self, run: CommanderRun) -> CommanderRun:
+        """Send a live run's planned orders (limits, their orderRefs persisted before), each through the same fence
+        and journal as a hedge; legs it buys are adopted once the account holds them; then follow the orders a
+        while and record their outcomes. A run is sent once: a restarted daemon never picks it up again."""
+        from trading import commander
+
+        engine = self.engine
+        assert engine is not None
+        outcomes: dict[str, str] = {}
+        for order in run.orders:
+            ref = order["order_ref"]
+            contract = commander.contract_from_json(order["contract"])
+            place = PlaceOrder(ref, contract.symbol, order["action"], float(order["qty"]), "limit",
+                               order["limit_price_usd"], intent="commander", contract=contract)
+            why = "paused" if engine.paused else ("risk halt" if engine.halt_reason else self._why_not_send(place))
+            if why:
+                outcomes[ref] = f"not sent: {why}"
+                continue
+            try:
+                await self.broker.place_order(place)
+                outcomes[ref] = "submitted"
+            except (BrokerError, OSError, ConnectionError) as exc:
+                outcomes[ref] = f"not sent: {exc}"
+        await self._control_db(commander.commander_orders_update)(run_id=run.pk, outcomes=outcomes, final=False,
+                                                                  now=self.clock())
+        bought = frozenset(commander.contract_from_json(o["contract"]).con_id for o in run.orders
+                           if o["action"] == "BUY" and outcomes[o["order_ref"]] == "submitted")
+        if bought:
+            self._dispatch(AdoptLegs(bought, f"commander run #{run.pk}"))
+        sent = {ref for ref, outcome in outcomes.items() if outcome == "submitted"}
+        deadline = time.monotonic() + COMMANDER_FOLLOW_S
+        while sent:
+            working = {o.order_ref: o for o in await self.broker.open_orders() if o.order_ref in sent}
+            for o in await self.broker.completed_orders():
+                if o.order_ref in sent:
+                    outcomes[o.order_ref] = f"filled {o.filled:g}" if o.status == "filled" else o.status
+            for ref, o in working.items():
+                outcomes[ref] = f"working ({o.filled:g} of {o.qty:g} filled)"
+            if not working or time.monotonic() > deadline or self.stop_requested:
+                break
+            await self._sleep(0.2)
+        await self._refresh_positions()  # the legs it bought are adopted, the ones it sold go to 0
+        return await self._control_db(commander.commander_orders_update)(run_id=run.pk, outcomes=outcomes,
+                                                                         final=True, now=self.clock())
+
+    def _commanders(self, item: OpenOrder | CompletedOrder | Fill) -> bool:
+        """One of the commander's option orders in this account: followed by its run, never the hedger's."""
+        return item.order_ref.startswith(COMMANDER_REF_PREFIX) and item.account == self.broker.account
 
     def _finish_flatten_if_done(self) -> None:
         engine = self.engine

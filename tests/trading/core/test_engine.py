@@ -15,6 +15,7 @@ from trading.core.calendar import AlwaysOpenCalendar
 from trading.core.engine import Engine, EngineSeed
 from trading.core.events import (
     Action,
+    AdoptLegs,
     BrokerOrder,
     BrokerPosition,
     BrokerStatus,
@@ -196,6 +197,27 @@ def test_a_lone_near_the_money_call_bought_by_hand_is_not_adopted_and_says_why()
     reasons = {o["data"]["con_id"]: o["data"]["why"] for o in operations(actions, "leg_not_adopted")}
     assert "no put/call of the same expiry and quantity" in reasons[lone_call.con_id]
     assert "outside" in reasons[FAR_CALL.con_id]
+
+
+def test_legs_a_commander_run_opened_are_adopted_and_hedged_once_the_account_holds_them() -> None:
+    new_call = Contract(201, "NVDA", "OPT", "C", 185.0, date(2026, 5, 15), 100, "NVDA  260515C00185000")
+    new_put = Contract(202, "NVDA", "OPT", "P", 185.0, date(2026, 5, 15), 100, "NVDA  260515P00185000")
+    h = started()
+    delta_before = h.engine.greeks.option_delta_shares
+
+    early = h.send(AdoptLegs(frozenset({new_call.con_id, new_put.con_id}), "commander run #7"))
+    assert records(early, "managed_leg") == [] and set(h.engine.book.legs) == {CALL.con_id, PUT.con_id}
+
+    # The roll filled: the old legs sold, the new ones held; the operator's far call is still not ours.
+    rolled = (BrokerPosition(new_call, 10, 9.0 * 100), BrokerPosition(new_put, 10, 8.0 * 100), *ACCOUNT[2:])
+    actions = h.send(PositionsSynced(rolled, h.now))
+    actions += h.quote(SPOT)
+
+    assert [r["con_id"] for r in records(actions, "managed_leg")] == [new_call.con_id, new_put.con_id]
+    assert all("commander run #7" in o["message"] for o in operations(actions, "leg_adopted"))
+    assert h.engine.book.legs[CALL.con_id].qty == 0 and h.engine.book.legs[new_call.con_id].qty == 10
+    assert FAR_CALL.con_id not in h.engine.book.legs
+    assert h.engine.greeks.option_delta_shares != delta_before  # the new legs' delta is what is hedged now
 
 
 def test_a_strangle_is_adopted_and_legs_of_unequal_quantity_are_not() -> None:

@@ -77,3 +77,59 @@ def test_a_dry_run_through_the_daemon_plans_a_roll_and_sends_nothing_and_pause_b
     assert isinstance(blocked, CommanderRun)
     assert blocked.state == "failed" and "blocked: paused" in blocked.summary and blocked.orders == []
     assert seen["exit"] == 0
+
+
+def test_a_live_run_rolls_the_straddle_adopts_the_new_legs_and_a_rerun_sends_nothing_twice(tmp_path, settings):
+    settings.BIFROST_JOURNAL_DIR = tmp_path
+    settings.BIFROST_COMMANDER_LIMIT_OFFSET_USD = 2.0  # marketable: the roll fills at once in the simulator
+    strategy_config_create(name="base", params={}, user="t", activate=True)
+    keeper = Strategy.objects.create(slug="keeper", name="keeper", kind="straddle_keeper", capital_allocation=0.2,
+                                     send_enabled=True,
+                                     params={"straddles": 10, "min_dte": 40, "max_dte": 70, "roll_dte": 35})
+    broker = SimBroker(config=MarketConfig(), seed=7, state_path=tmp_path / "sim.json", tick_s=0.05)
+    daemon = Daemon(broker, heartbeat_s=0.2, history_s=1.0)
+    seen: dict[str, object] = {}
+
+    def holdings() -> dict[int, float]:
+        return {h.contract.con_id: h.qty for _, h in broker.book.positions(broker.account)}
+
+    async def scenario() -> None:
+        task = asyncio.get_running_loop().create_task(daemon.run())
+        await _until(lambda: daemon.engine is not None and daemon.engine.mid is not None
+                     and daemon.engine.book.legs, 30, "a running daemon with its legs")
+        seen["before"] = holdings()
+        seen["old_legs"] = set(daemon.engine.book.legs)
+        run = await asyncio.to_thread(commander_request, dry_run=False, user="op")
+        seen["run"] = await _until(lambda: _final(run.pk), 60, "the live run")
+        seen["after"] = holdings()
+        seen["legs"] = {con_id: leg.qty for con_id, leg in daemon.engine.book.legs.items()}
+        sent = [r for r in broker.sent_refs() if ":cmd:" in r]
+        again = await asyncio.to_thread(commander_request, dry_run=False, user="op")
+        seen["again"] = await _until(lambda: _final(again.pk), 60, "the re-run")
+        seen["sent_twice"] = [r for r in broker.sent_refs() if ":cmd:" in r and r not in sent]
+        daemon.request_stop("test done")
+        seen["exit"] = await task
+
+    asyncio.run(scenario())
+
+    run, before, after, legs = seen["run"], seen["before"], seen["after"], seen["legs"]
+    assert isinstance(run, CommanderRun) and isinstance(before, dict) and isinstance(after, dict)
+    assert run.state == "completed" and not run.dry_run, run.summary
+    assert [o["outcome"] for o in run.orders] == ["filled 10"] * 4
+    new = {o["contract"]["con_id"] for o in run.orders if o["action"] == "BUY"}
+    old = {o["contract"]["con_id"] for o in run.orders if o["action"] == "SELL"}
+    assert old == seen["old_legs"]
+    assert all(after.get(c, 0) == 0 for c in old) and all(after[c] == 10 for c in new)
+    manual = set(before) - old - {_shares_con_id()}  # the shares move with the hedge (the engine's own)
+    assert manual and all(after[c] == before[c] for c in manual)  # every manual position untouched
+    assert {c: legs[c] for c in new} == {c: 10.0 for c in new} and all(legs[c] == 0 for c in old)
+    again = seen["again"]
+    assert isinstance(again, CommanderRun) and again.state == "completed" and again.orders == []
+    assert seen["sent_twice"] == [] and seen["exit"] == 0
+    assert keeper.intents.count() == 2
+
+
+def _shares_con_id() -> int:
+    from trading.sim.market import con_id_for
+
+    return con_id_for("NVDA", "STK")

@@ -389,3 +389,26 @@ def test_option_chain_lists_the_strikes_near_spot_within_the_dte_window_with_quo
     assert all(0 <= (q.contract.expiry - today).days <= 40 and q.contract.con_id for q in chain)
     assert len({q.contract.expiry for q in chain}) >= 5
     assert all(0 < q.bid <= q.ask for q in chain if q.contract.strike == 180.0)
+
+
+def test_an_option_limit_order_of_the_commander_goes_to_its_contract_and_fills(tws):
+    async def scenario():
+        broker, events = _broker(tws)
+        await broker.connect()
+        try:
+            chain = await broker.option_chain("NVDA", spot=180.0, max_dte=40, strikes_each_side=1)
+            quote = next(q for q in chain if q.contract.right == "C" and q.bid > 0)
+            order = PlaceOrder("bifrost:cmd:1:1", "NVDA", "BUY", 2, "limit", round(quote.ask + 1.0, 2),
+                               intent="commander", contract=quote.contract)
+            await broker.place_order(order)
+            await wait_for(lambda: events.of(Fill), 5, "the option fill")
+            return quote, events.of(Fill)[0], await broker.completed_orders()
+        finally:
+            await broker.disconnect()
+
+    quote, fill, completed = run(scenario())
+
+    assert (fill.order_ref, fill.side, fill.qty, fill.sec_type) == ("bifrost:cmd:1:1", "BUY", 2.0, "OPT")
+    assert fill.price <= quote.ask + 1.0
+    assert [(o.order_ref, o.status, o.con_id) for o in completed] == [("bifrost:cmd:1:1", "filled",
+                                                                       quote.contract.con_id)]
