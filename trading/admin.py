@@ -12,8 +12,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from trading.commander import strategy_sending_set
+from trading.commander import commander_request, strategy_sending_set
 from trading.daemon.journal import DEAD_LETTER_NAME, rejected_records
+from trading.errors import ConfigError, ControlCommandError
 from trading.models import (
     AccountSnapshot,
     CommanderRun,
@@ -283,6 +284,18 @@ def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
 class StrategyAdmin(admin.ModelAdmin):
     list_display = ("slug", "kind", "enabled", "send_enabled", "capital_allocation")
     list_filter = ("kind", "enabled", "send_enabled")
+    actions = ["commander_dry_run"]
+
+    @admin.action(description="Run the commander (dry run) for the selected strategies")
+    def commander_dry_run(self, request: HttpRequest, queryset: Any) -> None:
+        try:
+            run = commander_request(dry_run=True, strategies=[s.slug for s in queryset],
+                                    user=request.user.get_username(), source="admin")
+        except (ConfigError, ControlCommandError) as exc:
+            self.message_user(request, f"refused: {exc}", messages.ERROR)
+            return
+        level = messages.ERROR if run.state == CommanderRun.State.FAILED else messages.SUCCESS
+        self.message_user(request, f"commander run #{run.pk}: {run.state} {run.summary}".strip(), level)
 
     def save_model(self, request: HttpRequest, obj: Strategy, form: Any, change: bool) -> None:
         """Sending is switched through the audited service, whatever else the form changed."""

@@ -230,3 +230,15 @@ def test_the_window_is_the_configured_new_york_time_on_trading_days_once_a_day(s
     run.executed_at = wednesday_after
     run.save()
     assert commander_window_task() == "not due"  # once a day
+
+
+def test_the_admin_action_queues_a_dry_run_for_the_selected_strategies(admin_client):
+    strategy = keeper()
+
+    page = admin_client.post("/admin/trading/strategy/", {"action": "commander_dry_run",
+                                                           "_selected_action": [strategy.pk]}, follow=True)
+
+    run = CommanderRun.objects.get()
+    assert run.strategies == ["keeper"] and run.dry_run
+    shown = [str(m) for m in page.context["messages"]]
+    assert shown and shown[0].startswith(f"commander run #{run.pk}: failed")  # no daemon runs in this test

@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from rest_framework.authtoken.models import Token
 
-from trading.models import StrategyConfig
+from trading.models import Strategy, StrategyConfig
 from trading.services import strategy_config_create
 
 # Tuned for the simulated market (always open): hedges, blocks and fills within the first minute.
@@ -44,3 +44,8 @@ class Command(BaseCommand):
             strategy_config_create(name="demo", params=DEMO_PARAMS, user="demo_setup", activate=True,
                                    note="tuned for the simulated market")
             self.stdout.write("activated strategy config 'demo'")
+        _, created = Strategy.objects.get_or_create(slug="keeper", defaults={
+            "name": "Straddle keeper", "kind": "straddle_keeper", "capital_allocation": 0.2,
+            "params": {"straddles": 10, "min_dte": 21, "max_dte": 45, "roll_dte": 7}})
+        if created:
+            self.stdout.write("created strategy 'keeper' (dry-run: `manage.py commander run --dry-run`)")
