@@ -107,6 +107,12 @@ class BacktestRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     elapsed_s = models.FloatField(null=True, blank=True)
     sweep = models.ForeignKey(Sweep, null=True, blank=True, on_delete=models.CASCADE, related_name="runs")
+    # Which worker holds the run (host:pid), its claim count and its last sign of life, by the database's clock: a
+    # run whose worker stopped heart-beating is queued again (`backtest_runs_requeue_stale`), and only the claim
+    # that holds it may record its result.
+    worker = models.CharField(max_length=100, blank=True)
+    attempt = models.PositiveSmallIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -7,6 +7,8 @@ import hashlib
 import itertools
 import logging
 import math
+import os
+import socket
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -18,7 +20,8 @@ from typing import IO, Any
 from django.conf import settings
 from django.core.files.base import ContentFile, File
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, DateTimeField, ExpressionWrapper, F, Value
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from backtests import data as tickdata
@@ -238,7 +241,7 @@ def _enqueue(run: BacktestRun) -> None:
     def push() -> None:
         task_id = async_task(TASK_RUN, run.pk, task_name=f"backtest-{run.pk}",
                              group=f"sweep-{run.sweep_id}" if run.sweep_id else "backtests")
-        BacktestRun.objects.filter(pk=run.pk).update(task_id=str(task_id))
+        BacktestRun.objects.filter(pk=run.pk).update(task_id=str(task_id), heartbeat_at=Now())
 
     transaction.on_commit(push)
 
@@ -306,12 +309,14 @@ def sweep_param_sets(*, grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str
 def sweep_enqueue(*, dataset: MarketDataset | None = None, synthetic: Mapping[str, Any] | None = None,
                   grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], objective: str = "pnl", user: str,
                   base: Mapping[str, Any] | None = None, start_position: str = "straddle:10",
-                  name: str = "") -> Sweep:
+                  name: str = "", path: str = "auto") -> Sweep:
     """Fan a grid ({name: [values]}, every combination) or a list ([{...}, ...]) of parameter sets over `base`
     (default params when omitted) out into one queued BacktestRun per set; the cluster's workers share them and
     the last one to finish ranks them by `objective` (pnl | sharpe | drawdown_adjusted). Every set is validated
     before anything is queued."""
     spec = _data_source(dataset, synthetic)
+    if path not in ("auto", "fast", "per_event"):
+        raise ConfigError("path", f"expected auto, fast or per_event, got {path!r}")
     if objective not in Sweep.Objective.values:
         raise ConfigError("objective", f"expected one of {Sweep.Objective.values}, got {objective!r}")
     parse_start_position(start_position)
@@ -325,7 +330,7 @@ def sweep_enqueue(*, dataset: MarketDataset | None = None, synthetic: Mapping[st
         )
         runs = BacktestRun.objects.bulk_create([
             BacktestRun(dataset=dataset, synthetic=spec, params=p, params_hash=StrategyParams.from_dict(p).params_hash,
-                        start_position=start_position, created_by=user, sweep=sweep)
+                        start_position=start_position, created_by=user, sweep=sweep, path=path)
             for p in sets
         ])
         if not all(r.pk for r in runs):  # bulk_create returns keys on PostgreSQL and SQLite >= 3.35
@@ -371,8 +376,9 @@ class _Reporter:
     """Progress callback: writes the percentage at most every PROGRESS_MIN_INTERVAL_S and stops the run when the
     row is no longer `running` (cancelled)."""
 
-    def __init__(self, run_id: int, scale: float = 99.0) -> None:
+    def __init__(self, run_id: int, attempt: int, scale: float = 99.0) -> None:
         self.run_id = run_id
+        self.attempt = attempt
         self.scale = scale
         self.last_pct = -1
         self.last_write = 0.0
@@ -383,8 +389,9 @@ class _Reporter:
         if pct == self.last_pct or now - self.last_write < PROGRESS_MIN_INTERVAL_S:
             return
         self.last_pct, self.last_write = pct, now
-        if not BacktestRun.objects.filter(pk=self.run_id, state=RunState.RUNNING).update(progress=pct):
-            raise Cancelled(f"backtest #{self.run_id} is no longer running")
+        if not BacktestRun.objects.filter(pk=self.run_id, state=RunState.RUNNING, attempt=self.attempt).update(
+                progress=pct, heartbeat_at=Now()):
+            raise Cancelled(f"backtest #{self.run_id} is no longer running (cancelled, or queued again)")
 
 
 def run_ticks(run: BacktestRun) -> tickdata.TickData:
@@ -400,11 +407,13 @@ def backtest_run_execute(*, run_id: int) -> str:
     """Claim a queued run and replay it; the result, or the failure with its message, is kept on the row.
     Returns the final state. Never raises for a failed backtest (the queue must not retry it)."""
     now = timezone.now()
-    if not BacktestRun.objects.filter(pk=run_id, state=RunState.QUEUED).update(state=RunState.RUNNING,
-                                                                              started_at=now, progress=0):
+    if not BacktestRun.objects.filter(pk=run_id, state=RunState.QUEUED).update(
+            state=RunState.RUNNING, started_at=now, progress=0, heartbeat_at=Now(), attempt=F("attempt") + 1,
+            worker=f"{socket.gethostname()}:{os.getpid()}"[:100]):
         state = BacktestRun.objects.filter(pk=run_id).values_list("state", flat=True).first()
         return str(state or "missing")
     run = BacktestRun.objects.select_related("dataset").get(pk=run_id)
+    mine = BacktestRun.objects.filter(pk=run_id, state=RunState.RUNNING, attempt=run.attempt)
     if run.sweep_id:
         Sweep.objects.filter(pk=run.sweep_id, state=RunState.QUEUED).update(state=RunState.RUNNING, started_at=now)
     started = time.perf_counter()
@@ -414,7 +423,7 @@ def backtest_run_execute(*, run_id: int) -> str:
         ticks = run_ticks(run)
         params = StrategyParams.from_dict(run.params)
         outcome = run_backtest(ticks, params, straddles=parse_start_position(run.start_position),
-                               path=run.path or "auto", progress=_Reporter(run.pk))
+                               path=run.path or "auto", progress=_Reporter(run.pk, run.attempt))
         fields = {"result": outcome.result, "progress": 100, "path": outcome.result["path"]}
     except Cancelled:
         final = RunState.CANCELLED
@@ -425,11 +434,31 @@ def backtest_run_execute(*, run_id: int) -> str:
         final, fields = RunState.FAILED, {"error": f"{type(exc).__name__}: {exc}"}
     if final != RunState.CANCELLED:
         elapsed = time.perf_counter() - started
-        BacktestRun.objects.filter(pk=run_id, state=RunState.RUNNING).update(
-            state=final, finished_at=timezone.now(), elapsed_s=elapsed, **fields)
+        mine.update(state=final, finished_at=timezone.now(), elapsed_s=elapsed, **fields)  # this claim's only
     if run.sweep_id:
         sweep_refresh(sweep_id=run.sweep_id)
     return str(BacktestRun.objects.filter(pk=run_id).values_list("state", flat=True).first())
+
+
+def backtest_runs_requeue_stale(*, stale_s: float | None = None) -> list[int]:
+    """Queue again what a dead worker or machine holds, judged by the database's clock: a running run whose worker
+    has not written progress for `stale_s` (BIFROST_RUN_STALE_S), and a queued run not taken for as long (a cluster
+    that died had it prefetched, and the broker would present it again only after Q_CLUSTER retry). A run is only
+    ever claimed once per attempt, so a second task for it is harmless, and a late word from a frozen worker is
+    refused. Scheduled every minute; returns the run ids."""
+    limit = timedelta(seconds=settings.BIFROST_RUN_STALE_S if stale_s is None else stale_s)
+    cutoff = ExpressionWrapper(Now() - Value(limit), output_field=DateTimeField())
+    requeued = []
+    for run in BacktestRun.objects.filter(state__in=[RunState.QUEUED, RunState.RUNNING], heartbeat_at__lt=cutoff):
+        with transaction.atomic():
+            if BacktestRun.objects.filter(pk=run.pk, state=run.state, attempt=run.attempt,
+                                          heartbeat_at__lt=cutoff).update(state=RunState.QUEUED, progress=0,
+                                                                          heartbeat_at=Now()):
+                _enqueue(run)
+                requeued.append(run.pk)
+                log.warning("backtest #%s (%s, worker %r): no sign of life for %s: queued again", run.pk, run.state,
+                            run.worker, limit)
+    return requeued
 
 
 def backtest_run_save(*, result: Mapping[str, Any], params: StrategyParams, start_position: str, user: str,

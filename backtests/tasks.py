@@ -22,3 +22,7 @@ def history_retention_task() -> dict[str, Any]:
 def dataset_import_task(import_id: int) -> str:
     """Parse a staged tick CSV too large for the web request into a dataset (or record why it was refused)."""
     return services.dataset_import_execute(import_id=import_id)
+
+
+def requeue_stale_runs_task() -> list[int]:
+    return services.backtest_runs_requeue_stale()

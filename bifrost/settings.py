@@ -220,6 +220,9 @@ BIFROST_IB_CLIENT = os.environ.get("BIFROST_IB_CLIENT", "ib_insync")
 BIFROST_HEARTBEAT_S = _env_float("BIFROST_HEARTBEAT_S", 1.0)
 BIFROST_HISTORY_S = _env_float("BIFROST_HISTORY_S", 10.0)
 BIFROST_COMMAND_TTL_S = _env_float("BIFROST_COMMAND_TTL_S", 300.0)
+# A backtest run whose worker has not written a sign of life for this long is queued again (a worker or machine
+# died mid-run); longer than a cold start of the compiled replay.
+BIFROST_RUN_STALE_S = _env_float("BIFROST_RUN_STALE_S", 300.0)
 # The commander (README: Strategies and the commander): its daily window (US/Eastern, trading days only), the
 # chain its strategies see, the global risk rules and the limit price offset of its option orders.
 BIFROST_COMMANDER_WINDOW = os.environ.get("BIFROST_COMMANDER_WINDOW", "15:30")

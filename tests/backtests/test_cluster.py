@@ -79,3 +79,58 @@ def test_the_cluster_works_on_the_redis_broker_too(cluster_factory):
             _progress_rises_cancel_works_results_read(cluster)
         finally:
             Conf.ORM, Conf.REDIS = saved
+
+
+def test_two_machines_share_a_sweep_and_a_worker_killed_mid_run_loses_nothing(cluster_factory, tmp_path,
+                                                                              settings):
+    """Two clusters with working directories of their own (as two machines) take one sweep from the shared database;
+    one is SIGKILLed while it holds a run. Its run stops heart-beating, is queued again and run by the other; every
+    run's result is recorded once (by the claim that holds it), and the ranking is the one machine's."""
+    import os
+    import signal
+
+    from backtests.replay import run_backtest
+    from trading.core.params import StrategyParams
+
+    machines = {}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        # Machines share the database and the secret key (django-q2 signs its tasks with it), nothing else.
+        machines[name] = cluster_factory(BIFROST_VAR_DIR=str(tmp_path / name), BIFROST_Q_WORKERS="1",
+                                         DJANGO_SECRET_KEY=settings.SECRET_KEY)
+    spec = {"days": 1, "tick_s": 2.0, "seed": 5, "realized_vol": 0.8}  # 11,700 ticks: a few seconds per event
+    grid = {"cooldown_s": [0, 30, 60], "min_price_move_bps": [0, 20]}
+    sweep = services.sweep_enqueue(synthetic=spec, grid=grid, objective="pnl", user="e2e", path="per_event")
+
+    def on_machine_a() -> BacktestRun | None:
+        for run in BacktestRun.objects.filter(sweep=sweep, state=RunState.RUNNING).exclude(worker=""):
+            if os.getpgid(int(run.worker.rsplit(":", 1)[1])) == machines["a"].proc.pid:
+                return run
+        return None
+
+    victim = wait_until(on_machine_a, 60, f"machine a to hold a run\n{machines['a'].output}")
+    os.killpg(machines["a"].proc.pid, signal.SIGKILL)  # the machine is gone, mid-run
+    machines["a"].proc.wait()
+
+    # What the minute's schedule does, here at once with a short limit: the victim, and whatever machine a had
+    # prefetched from the broker, are queued again; machine b takes them.
+    requeued: set[int] = set()
+
+    def requeue() -> bool:
+        requeued.update(services.backtest_runs_requeue_stale(stale_s=8.0))
+        sweep.refresh_from_db()
+        return sweep.state not in (RunState.QUEUED, RunState.RUNNING)
+
+    wait_until(requeue, 180, f"sweep #{sweep.pk} to finish on machine b\n{machines['b'].output}\n"
+               f"{list(sweep.runs.values_list('pk', 'state', 'attempt', 'worker', 'error'))}")
+    assert victim.pk in requeued
+    runs = {r.pk: r for r in sweep.runs.all()}
+    assert sweep.state == RunState.DONE and all(r.state == RunState.DONE for r in runs.values())
+    assert runs[victim.pk].attempt >= 2 and runs[victim.pk].worker != victim.worker  # finished by machine b
+    # The ranking is the one a single machine computes: each set's P&L replayed here, in this process.
+    ticks = services.synthetic_ticks(sweep.synthetic)
+    expected = {r.params_hash: run_backtest(ticks, StrategyParams.from_dict(r.params), path="fast").result[
+        "pnl_total_usd"] for r in runs.values()}
+    assert {r.params_hash: r.result["pnl_total_usd"] for r in runs.values()} == expected
+    ranked = [row["pnl_total_usd"] for row in sweep.results]
+    assert ranked == sorted(expected.values(), reverse=True) and len(ranked) == 6

@@ -185,3 +185,30 @@ def test_a_synthetic_market_over_the_tick_cap_is_refused_naming_the_limit(synthe
     assert run.value.field == sweep.value.field == field
     assert "at most 5,000,000" in run.value.reason
     assert BacktestRun.objects.count() == 0 and OrmQ.objects.count() == 0
+
+
+def test_a_run_whose_worker_went_silent_is_queued_again_and_its_old_claim_can_no_longer_write():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    run = services.backtest_run_enqueue(synthetic={"days": 1, "tick_s": 60.0, "seed": 2}, params={}, user="t")
+    fresh = services.backtest_run_enqueue(synthetic={"days": 1, "tick_s": 60.0, "seed": 3}, params={}, user="t")
+    long_ago = timezone.now() - timedelta(minutes=10)
+    BacktestRun.objects.filter(pk=run.pk).update(state=RunState.RUNNING, attempt=1, worker="gone:1",
+                                                 heartbeat_at=long_ago)
+    BacktestRun.objects.filter(pk=fresh.pk).update(state=RunState.RUNNING, attempt=1, worker="here:2")
+    tasks = OrmQ.objects.count()
+
+    assert services.backtest_runs_requeue_stale(stale_s=60) == [run.pk]
+
+    run.refresh_from_db()
+    assert run.state == RunState.QUEUED and OrmQ.objects.count() == tasks + 1
+    old_claim = services._Reporter(run.pk, attempt=1)
+    with pytest.raises(services.Cancelled):  # the silent worker wakes up: its progress is refused, it stops
+        old_claim(0.5)
+    assert services.backtest_run_execute(run_id=run.pk) == RunState.DONE
+    run.refresh_from_db()
+    assert run.attempt == 2 and run.result["ticks"] > 0
+    assert Schedule.objects.get(name="bifrost: requeue stale backtest runs").func == \
+        "backtests.tasks.requeue_stale_runs_task"
