@@ -34,7 +34,7 @@ def test_a_daemon_status_change_is_pushed_to_the_websocket(daemon_factory, setti
         channel_layers.backends.clear()  # pick up the Redis layer configured above
         communicator = WebsocketCommunicator(StatusConsumer.as_asgi(), "/ws/status/")
         communicator.scope["user"] = viewer
-        assert (await communicator.connect())[0]
+        assert (await communicator.connect(timeout=10))[0]  # a loaded CI machine can take more than 1 s
         assert get_channel_layer().__class__.__name__ == "RedisChannelLayer"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # wait for the running daemon
