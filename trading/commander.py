@@ -140,12 +140,14 @@ def commander_request(*, dry_run: bool = True, strategies: Sequence[str] = (), u
 
 
 def commander_fail(*, run_id: int, step: str, why: str, now: datetime) -> None:
-    """A run that could not get as far as a decision; nothing was sent."""
+    """A run that could not finish: it says whether any of its orders had left."""
     run = CommanderRun.objects.get(pk=run_id)
     if run.state not in (CommanderRun.State.QUEUED, CommanderRun.State.RUNNING):
         return
+    sent = [o for o in run.orders if o["outcome"] != "planned" and not o["outcome"].startswith("not sent")]
     run.state = CommanderRun.State.FAILED
-    run.summary = f"failed at {step}: {why}; nothing sent"
+    run.summary = f"failed at {step}: {why}; " + (f"{len(sent)} order(s) had left: see their outcomes" if sent
+                                                  else "nothing sent")
     run.steps = [*run.steps, {"step": step, "by": "daemon" if step != "queue" else "web", "at": now.isoformat(),
                               "outcome": why}]
     run.save(update_fields=["state", "summary", "steps"])

@@ -659,6 +659,10 @@ class Daemon:
             log.error("commander run #%s: database error: %s", run_id, exc)
             self._finish(command.pk, "rejected", f"commander run: database error: {exc}")
             return
+        except Exception as exc:  # noqa: BLE001 - a commander bug fails its run; it must never stop the hedger
+            log.exception("commander run #%s crashed", run_id)
+            await fail("internal", f"{type(exc).__name__}: {exc}")
+            return
         self._finish(command.pk, "done" if run.state == "completed" else "rejected", f"run #{run.pk}: {run.summary}")
 
     async def _commander_send(self, run: CommanderRun) -> CommanderRun:
