@@ -10,6 +10,7 @@ full record.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, time
 from typing import Any
@@ -59,8 +60,8 @@ def intent_publish(*, strategy: Strategy, market: MarketView, held: Mapping[Cont
         targets, metadata = build(strategy.kind, strategy.params).targets(market, held)
         return StrategyIntent.objects.create(
             strategy=strategy, updated_at=now, status=StrategyIntent.Status.SUCCESS, metadata=metadata,
-            target_positions=[{"contract": contract_json(t.contract), "qty": t.qty, "price_usd": t.price_usd}
-                              for t in targets])
+            target_positions=[{"contract": contract_json(t.contract), "qty": t.qty,  # JSON has no NaN: null
+                               "price_usd": t.price_usd if math.isfinite(t.price_usd) else None} for t in targets])
     except (ConfigError, LookupError, ValueError, ArithmeticError) as exc:  # reported by the commander as errored
         why = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
         return StrategyIntent.objects.create(strategy=strategy, updated_at=now, status=StrategyIntent.Status.ERROR,
@@ -107,8 +108,8 @@ def _portfolio(snapshot: PortfolioSnapshot, underlying: str) -> Portfolio:
 
 
 def _intent(row: StrategyIntent) -> Intent:
-    targets = tuple(Target(contract_from_json(t["contract"]), int(t["qty"]), float(t["price_usd"]))
-                    for t in row.target_positions)
+    targets = tuple(Target(contract_from_json(t["contract"]), int(t["qty"]),
+                           math.nan if t["price_usd"] is None else float(t["price_usd"])) for t in row.target_positions)
     status = "success" if row.status == StrategyIntent.Status.SUCCESS else "error"
     return Intent(row.strategy.slug, row.updated_at, status, targets, row.error_message)  # type: ignore[arg-type]
 

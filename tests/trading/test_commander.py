@@ -242,3 +242,19 @@ def test_the_admin_action_queues_a_dry_run_for_the_selected_strategies(admin_cli
     assert run.strategies == ["keeper"] and run.dry_run
     shown = [str(m) for m in page.context["messages"]]
     assert shown and shown[0].startswith(f"commander run #{run.pk}: failed")  # no daemon runs in this test
+
+
+def test_an_option_without_a_quote_is_stored_as_null_and_its_strategy_reported_unpriced():
+    now = timezone.now()
+    strategy = keeper()
+    view = market(now)
+    unquoted = {k: (c, float("nan")) if k[2] == NEW else (c, mid) for k, (c, mid) in view.options.items()}
+
+    intent = intent_publish(strategy=strategy, market=MarketView("NVDA", 179.0, now.date(), unquoted), held={},
+                            now=now)
+    run = commander_decide(run=queued(), snapshot=snapshot_create(account=ACCOUNT_INFO, positions=positions(),
+                                                                  now=now),
+                           strategies=[strategy], underlying="NVDA", rules=Rules(), now=now)
+
+    assert intent.status == "success" and {t["price_usd"] for t in intent.target_positions} == {None}
+    assert "no price for" in run.decision["skipped"]["errored"]["keeper"] and run.orders == []
