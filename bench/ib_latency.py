@@ -9,6 +9,9 @@ Two processes per client library, over loopback:
 - client: the daemon's trading path without the database: IBBroker (the real client library) → Engine.on_event →
   PlaceOrder → a task → IBBroker.place_order, exactly as trading.daemon.runtime wires it.
 ib_async runs from .venv-ib-async (make test-ib-async creates it); it is skipped, saying so, when that venv is absent.
+With --commander the client also runs commander passes back to back while it hedges, as a `commander_run` does in
+the daemon: the option chain from the broker on the event loop, then the strategies and the decision on a thread
+(the daemon's control lane; the database writes are left out), so the hedge path is timed while a run is in progress.
 """
 from __future__ import annotations
 
@@ -83,7 +86,36 @@ async def serve(port_file: Path, rounds: int) -> dict[str, Any]:
 
 # ---- client: the daemon's trading path, no database -------------------------------------------------------------
 
-async def trade(port: int, lib: str, journal_dir: Path | None) -> None:
+async def commander_passes(broker: Any, engine: Any) -> None:
+    """A commander run's work, over and over: chain and quotes from the broker, then strategies and decision."""
+    from trading.core.calendar import trading_date
+    from trading.core.commander import Portfolio, Rules, StrategySlot, decide
+    from trading.core.strategies import MarketView, build
+
+    keeper = build("straddle_keeper", {"straddles": 10, "min_dte": 40, "max_dte": 70, "roll_dte": 35})
+    loop = asyncio.get_running_loop()
+    while True:
+        spot = engine.mid
+        if spot is None:
+            await asyncio.sleep(0.1)
+            continue
+        chain = await broker.option_chain(engine.params.underlying, spot=spot, max_dte=60, strikes_each_side=6)
+        now = datetime.now(UTC)
+        market = MarketView(engine.params.underlying, spot, trading_date(now), {
+            (q.contract.right, q.contract.strike, q.contract.expiry): (q.contract, q.mid) for q in chain})
+
+        def think(market: MarketView = market, now: datetime = now) -> None:
+            from trading.core.commander import Intent
+
+            targets, _ = keeper.targets(market, {})
+            decide(Portfolio({}, {}, {}, 1e6, 5e5, engine.params.underlying),
+                   {"keeper": Intent("keeper", now, "success", tuple(targets))}, [StrategySlot("keeper", 0.5)], now,
+                   Rules())
+
+        await loop.run_in_executor(None, think)
+
+
+async def trade(port: int, lib: str, journal_dir: Path | None, commander: bool = False) -> None:
     from trading.brokers.ib import IBBroker
     from trading.core.calendar import AlwaysOpenCalendar
     from trading.core.engine import Engine
@@ -128,13 +160,15 @@ async def trade(port: int, lib: str, journal_dir: Path | None) -> None:
     await broker.subscribe(params.underlying, [leg.contract for leg in engine.book.legs.values()])
     gc.collect()
     gc.freeze()  # as run_daemon does with its start-up heap
+    if commander:
+        tasks.add(loop.create_task(commander_passes(broker, engine)))
     while broker.connected:
         await asyncio.sleep(0.5)
 
 
 # ---- orchestration -------------------------------------------------------------------------------------------------
 
-def measure(lib: str, rounds: int, tmp: Path, intent: bool) -> dict[str, Any] | None:
+def measure(lib: str, rounds: int, tmp: Path, intent: bool, commander: bool = False) -> dict[str, Any] | None:
     python = VENVS[lib]
     if not python.exists():
         print(f"{lib}: skipped, {python.parent.parent.name} does not exist (make test-ib-async creates it)")
@@ -151,7 +185,8 @@ def measure(lib: str, rounds: int, tmp: Path, intent: bool) -> dict[str, Any] | 
             raise SystemExit("the simulator did not start")
         time.sleep(0.05)
     client = subprocess.Popen([str(python), __file__, "--role", "client", "--lib", lib, "--port",
-                               port_file.read_text(), *(["--journal-dir", str(tmp)] if intent else [])], env=env)
+                               port_file.read_text(), *(["--journal-dir", str(tmp)] if intent else []),
+                               *(["--commander"] if commander else [])], env=env)
     try:
         out, _ = server.communicate(timeout=60 + rounds * 0.2)
     finally:
@@ -186,12 +221,13 @@ def main() -> None:
     parser.add_argument("--intent", choices=("on", "off", "both"), default="both",
                         help="measure with the synced journal intent before each order (as the daemon sends), "
                              "without it, or both side by side")
+    parser.add_argument("--commander", action="store_true", help="with commander passes running meanwhile")
     args = parser.parse_args()
     if args.role == "server":
         print(json.dumps(asyncio.run(serve(args.port_file, args.rounds))))
         return
     if args.role == "client":
-        asyncio.run(trade(args.port, args.lib, args.journal_dir))
+        asyncio.run(trade(args.port, args.lib, args.journal_dir, args.commander))
         return
     import tempfile
 
@@ -202,12 +238,13 @@ def main() -> None:
     for lib in libs:
         for intent in intents:
             with tempfile.TemporaryDirectory(dir=REPO / "var") as tmp:  # the daemon's disk, not a tmpfs
-                results[(lib, intent)] = measure(lib, args.rounds, Path(tmp), intent)
+                results[(lib, intent)] = measure(lib, args.rounds, Path(tmp), intent, args.commander)
     print(f"DESIGN §9 live path: quote bytes from tws_sim → hedge order bytes back, target p99 ≤ {TARGET_P99_MS:g} ms"
           + f"; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     for (lib, intent), result in results.items():
         if result is not None:
-            report(f"{lib} {'+ synced intent' if intent else 'no intent'}", result)
+            report(f"{lib} {'+ synced intent' if intent else 'no intent'}"
+                   + (" + commander" if args.commander else ""), result)
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ def decide(portfolio: Portfolio, intents: Mapping[str, Intent], strategies: Sequ
         decision.diff[key] = change
         price = decision.prices_usd[key]
         buy = change > 0
-        limit = price + rules.limit_offset_usd if buy else max(price - rules.limit_offset_usd, 0.01)
+        limit = max(price + rules.limit_offset_usd if buy else price - rules.limit_offset_usd, 0.01)
         decision.orders.append(PlannedOrder(decision.contracts[key], "BUY" if buy else "SELL", abs(change),
                                             round(limit, 2)))
     return decision

@@ -133,3 +133,39 @@ def _shares_con_id() -> int:
     from trading.sim.market import con_id_for
 
     return con_id_for("NVDA", "STK")
+
+
+def test_a_resting_option_order_never_blocks_hedging_and_the_run_ends_partial(tmp_path, settings, monkeypatch):
+    settings.BIFROST_JOURNAL_DIR = tmp_path
+    settings.BIFROST_COMMANDER_LIMIT_OFFSET_USD = -3.0  # buy below the bid, sell above the ask: the orders rest
+    monkeypatch.setattr("trading.daemon.runtime.COMMANDER_FOLLOW_S", 2.0)
+    strategy_config_create(name="fast", params={"cooldown_s": 0, "min_price_move_bps": 0}, user="t", activate=True)
+    Strategy.objects.create(slug="keeper", name="keeper", kind="straddle_keeper", capital_allocation=0.2,
+                            send_enabled=True, params={"straddles": 10, "min_dte": 40, "max_dte": 70, "roll_dte": 35})
+    broker = SimBroker(config=MarketConfig(realized_vol=0.8), seed=7, state_path=tmp_path / "sim.json",
+                       tick_s=0.05, speed=3000.0)
+    daemon = Daemon(broker, heartbeat_s=0.2, history_s=1.0)
+    seen: dict[str, object] = {}
+
+    def hedges() -> list[str]:
+        return [r for r in broker.sent_refs() if ":cmd:" not in r]
+
+    async def scenario() -> None:
+        task = asyncio.get_running_loop().create_task(daemon.run())
+        await _until(lambda: daemon.engine is not None and daemon.engine.book.legs and hedges(), 30, "hedging")
+        run = await asyncio.to_thread(commander_request, dry_run=False, user="op")
+        await _until(lambda: any(":cmd:" in r for r in broker.sent_refs()), 30, "the commander's orders")
+        before = len(hedges())
+        await _until(lambda: len(hedges()) > before, 30, "a hedge while the option orders rest")
+        seen["resting"] = [o.order_ref for o in await broker.open_orders() if ":cmd:" in o.order_ref]
+        seen["run"] = await _until(lambda: _final(run.pk), 30, "the run")
+        daemon.request_stop("test done")
+        seen["exit"] = await task
+
+    asyncio.run(scenario())
+
+    run = seen["run"]
+    assert isinstance(run, CommanderRun)
+    assert len(seen["resting"]) == 4  # the hedge above left while all four option orders were working
+    assert run.state == "partial_success" and all(o["outcome"].startswith("working") for o in run.orders)
+    assert seen["exit"] == 0
