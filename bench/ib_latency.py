@@ -9,9 +9,11 @@ Two processes per client library, over loopback:
 - client: the daemon's trading path without the database: IBBroker (the real client library) → Engine.on_event →
   PlaceOrder → a task → IBBroker.place_order, exactly as trading.daemon.runtime wires it.
 ib_async runs from .venv-ib-async (make test-ib-async creates it); it is skipped, saying so, when that venv is absent.
-With --commander the client also runs commander passes back to back while it hedges, as a `commander_run` does in
-the daemon: the option chain from the broker on the event loop, then the strategies and the decision on a thread
-(the daemon's control lane; the database writes are left out), so the hedge path is timed while a run is in progress.
+With --commander the client also runs a commander pass every second while it hedges (a real run is once a day), as a
+`commander_run` does in the daemon: the option chain from the broker (its requests awaited on the event loop), then
+the strategies and the decision on a thread (the daemon's control lane; the database writes are left out), so the
+hedge path is timed while runs are in progress. The stopwatch sits in the simulator, which serves the chain too:
+with --commander the figure includes the simulator's own delay in reading the order while it answers the chain.
 """
 from __future__ import annotations
 
@@ -87,7 +89,7 @@ async def serve(port_file: Path, rounds: int) -> dict[str, Any]:
 # ---- client: the daemon's trading path, no database -------------------------------------------------------------
 
 async def commander_passes(broker: Any, engine: Any) -> None:
-    """A commander run's work, over and over: chain and quotes from the broker, then strategies and decision."""
+    """A commander run's work, once a second: chain and quotes from the broker, then strategies and decision."""
     from trading.core.calendar import trading_date
     from trading.core.commander import Portfolio, Rules, StrategySlot, decide
     from trading.core.strategies import MarketView, build
@@ -113,6 +115,7 @@ async def commander_passes(broker: Any, engine: Any) -> None:
                    Rules())
 
         await loop.run_in_executor(None, think)
+        await asyncio.sleep(1.0)
 
 
 async def trade(port: int, lib: str, journal_dir: Path | None, commander: bool = False) -> None:

@@ -86,6 +86,9 @@ class Recent(OrderedDict[K, V]):
             self.popitem(last=False)
 
 
+CHAIN_BATCH = 8  # option contracts per request while reading a chain (IBBroker.option_chain)
+
+
 def price_or_none(x: Any) -> float | None:
     """IB's 'no price' comes as NaN, -1 or 0: none of them is a price."""
     try:
@@ -370,11 +373,15 @@ class IBBroker:
         wanted = [self.lib.Option(symbol, e, k, r, "SMART", tradingClass=chain.tradingClass,
                                   multiplier=chain.multiplier, currency="USD")
                   for e in expiries for k in near for r in ("C", "P")]
-        if not wanted:
-            return []
-        qualified = await self._qualify(wanted)
-        tickers = await self._request("option quotes", lambda: self.ib.reqTickersAsync(*qualified))
-        return [ChainQuote(core_contract(t.contract), _or_nan(price_or_none(t.bid)), _or_nan(price_or_none(t.ask))) for t in tickers]
+        quotes = []
+        # A few contracts at a time: the client library decodes every answer on the event loop, and a burst of
+        # hundreds would hold the hedge's quotes back for tens of milliseconds.
+        for start in range(0, len(wanted), CHAIN_BATCH):
+            qualified = await self._qualify(wanted[start:start + CHAIN_BATCH])
+            tickers = await self._request("option quotes", lambda q=qualified: self.ib.reqTickersAsync(*q))
+            quotes += [ChainQuote(core_contract(t.contract), _or_nan(price_or_none(t.bid)),
+                                  _or_nan(price_or_none(t.ask))) for t in tickers]
+        return quotes
 
     # ---- connecting ----------------------------------------------------------------------------------------------
 
