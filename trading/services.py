@@ -316,13 +316,17 @@ def _write_decision(data: Mapping[str, Any]) -> None:
 def _write_order(data: Mapping[str, Any]) -> None:
     ts = _ts(data["ts"])
     ref = data["order_ref"]
-    if "side" in data:  # a new order
-        Order.objects.update_or_create(order_ref=ref, defaults=dict(
-            intent=data["intent"], account=data.get("account", ""), mode=data.get("mode", ""), symbol=data["symbol"], side=data["side"], qty=data["qty"],
-            order_type=data["order_type"], limit_price=_dec(data.get("limit_price")), state=data["state"],
-            spot_at_decision=data.get("spot_at_decision"), params_hash=data.get("params_hash", ""),
-            created_at=ts, updated_at=ts,
-        ))
+    if "side" in data:  # a new order, or one a later daemon adopted at the broker (its decision time stays)
+        fields = dict(
+            intent=data["intent"], account=data.get("account", ""), mode=data.get("mode", ""), symbol=data["symbol"],
+            side=data["side"], qty=data["qty"], order_type=data["order_type"],
+            limit_price=_dec(data.get("limit_price")), state=data["state"],
+            spot_at_decision=data.get("spot_at_decision"), params_hash=data.get("params_hash", ""), updated_at=ts,
+        )
+        order, created = Order.objects.get_or_create(order_ref=ref, defaults={**fields, "created_at": ts})
+        if not created:  # recovered from a journal, or adopted by a later daemon: the row keeps what it knew
+            Order.objects.filter(pk=order.pk).update(state=data["state"], updated_at=ts, **(
+                {"message": data["message"]} if data.get("message") else {}))
         return
     updates: dict[str, Any] = {"state": data["state"], "updated_at": ts}
     if "filled_qty" in data:

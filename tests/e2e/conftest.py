@@ -64,6 +64,7 @@ class DaemonProcess:
         assert self.proc is not None
         for _ in range(200):
             self.proc.send_signal(signal.SIGSTOP)
+            self._until_stopped()
             if connection.vendor != "sqlite":
                 return
             probe = sqlite3.connect(connection.settings_dict["NAME"], timeout=0)
@@ -77,6 +78,19 @@ class DaemonProcess:
             finally:
                 probe.close()
         raise AssertionError("could not freeze the daemon between two database writes")
+
+    def _until_stopped(self) -> None:
+        """kill() returns before the kernel has stopped every thread of a process running on another core: wait
+        until /proc says it is stopped, or what it does in that moment would count as done while frozen."""
+        assert self.proc is not None
+        tasks = Path(f"/proc/{self.proc.pid}/task")
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks.iterdir()]
+            if all(state in "tT" for state in states):
+                return
+            time.sleep(0.001)
+        raise AssertionError(f"daemon {self.proc.pid} did not stop")
 
     def wait(self, timeout_s: float = 10.0) -> int:
         assert self.proc is not None
