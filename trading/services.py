@@ -316,17 +316,16 @@ def _write_decision(data: Mapping[str, Any]) -> None:
 def _write_order(data: Mapping[str, Any]) -> None:
     ts = _ts(data["ts"])
     ref = data["order_ref"]
-    if "side" in data:  # a new order, or one a later daemon adopted at the broker (its decision time stays)
+    if "side" in data:  # a new order, or one a later daemon adopted at the broker
         fields = dict(
             intent=data["intent"], account=data.get("account", ""), mode=data.get("mode", ""), symbol=data["symbol"],
             side=data["side"], qty=data["qty"], order_type=data["order_type"],
             limit_price=_dec(data.get("limit_price")), state=data["state"],
             spot_at_decision=data.get("spot_at_decision"), params_hash=data.get("params_hash", ""), updated_at=ts,
         )
-        order, created = Order.objects.get_or_create(order_ref=ref, defaults={**fields, "created_at": ts})
-        if not created:  # recovered from a journal, or adopted by a later daemon: the row keeps what it knew
-            Order.objects.filter(pk=order.pk).update(state=data["state"], updated_at=ts, **(
-                {"message": data["message"]} if data.get("message") else {}))
+        # The row may exist already (its journaled intent, written first): the record completes it, but the time the
+        # order was decided stays, even when a later daemon adopts the order at the broker.
+        Order.objects.update_or_create(order_ref=ref, defaults=fields, create_defaults={**fields, "created_at": ts})
         return
     updates: dict[str, Any] = {"state": data["state"], "updated_at": ts}
     if "filled_qty" in data:
