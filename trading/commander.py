@@ -68,10 +68,14 @@ def intent_publish(*, strategy: Strategy, market: MarketView, held: Mapping[Cont
                                              error_message=why)
 
 
+def _is_bifrost_leg(position: Mapping[str, Any]) -> bool:
+    """A managed option leg: the commander's to trade; every other position is the operator's or the hedger's."""
+    return bool(position.get("managed")) and position["sec_type"] == "OPT"
+
+
 def held_options(positions: Iterable[Mapping[str, Any]]) -> dict[ContractKey, int]:
     """Bifrost's option legs (the managed ones) among the account's positions."""
-    return {contract_key(contract_from_json(p)): int(p["qty"]) for p in positions
-            if p.get("managed") and p["sec_type"] == "OPT" and p["qty"]}
+    return {contract_key(contract_from_json(p)): int(p["qty"]) for p in positions if _is_bifrost_leg(p) and p["qty"]}
 
 
 def snapshot_create(*, account: Mapping[str, Any], positions: Iterable[Mapping[str, Any]],
@@ -79,7 +83,7 @@ def snapshot_create(*, account: Mapping[str, Any], positions: Iterable[Mapping[s
     """The account as the daemon's reconcile just saw it: managed option legs are Bifrost's, every other position
     is the operator's (the underlying's shares, hedge and manual together, are never the commander's)."""
     holdings = [{"contract": contract_json(contract_from_json(p)), "qty": p["qty"],
-                 "owner": "bifrost" if p.get("managed") and p["sec_type"] == "OPT" else "manual"}
+                 "owner": "bifrost" if _is_bifrost_leg(p) else "manual"}
                 for p in positions if p["qty"]]
     return PortfolioSnapshot.objects.create(
         taken_at=now, account=account.get("account") or "", holdings=holdings, open_orders=list(open_orders),
@@ -283,8 +287,8 @@ def commander_window_due(now: datetime, calendar: MarketCalendar) -> bool:
     hour, minute = (int(x) for x in settings.BIFROST_COMMANDER_WINDOW.split(":"))
     if now.astimezone(ET).time() < time(hour, minute):
         return False
-    since = datetime.combine(day, time(0), ET)
-    return not CommanderRun.objects.filter(trigger=CommanderRun.Trigger.SCHEDULED, executed_at__gte=since).exists()
+    return not CommanderRun.objects.filter(trigger=CommanderRun.Trigger.SCHEDULED,
+                                           executed_at__gte=window_start(now)).exists()
 
 
 def strategy_sending_set(*, strategy: Strategy, enabled: bool, user: str, now: datetime) -> None:
