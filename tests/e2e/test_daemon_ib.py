@@ -497,10 +497,14 @@ def test_a_partial_fill_whose_report_was_lost_is_recovered_by_the_periodic_recon
     _fast_config(working_timeout_s=1.0)
     ib_daemon(BIFROST_RECONCILE_S="1")
     _first_hedge()
-    armed_at = timezone.now()
-
+    # Armed while paused with nothing working: a hedge sent between the two commands was partly filled and
+    # reported live, and the lost report was another order's.
+    _wait_command(_command("pause", "arming the faults"))
+    wait_until(lambda: all(o["status"] in ("Filled", "Cancelled") for o in tws.orders()), 10, "no order working")
     tws.command("partial 10")
     tws.command("lose_exec 1")  # the 10 shares fill, nobody hears of it live; the rest is cancelled at the timeout
+    armed_at = timezone.now()
+    _wait_command(_command("resume"))
     order = wait_until(lambda: tws.orders_after(armed_at), 20, "the partly filled order")[0]
     wait_until(lambda: next(o for o in tws.orders() if o["order_ref"] == order["order_ref"])["status"] == "Cancelled",
                20, "its cancel at the working timeout")
