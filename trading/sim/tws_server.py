@@ -147,6 +147,7 @@ class Catalog:
 
     def __init__(self, config: MarketConfig, today: date) -> None:
         self.by_id: dict[int, SimContract] = {}
+        self._options: dict[tuple[str, str, float, str], SimContract] = {}
         for symbol in {config.symbol, *FLAT_STOCK_PRICES}:
             self.add(stock(symbol))
         for expiry in chain_expiries(today):
@@ -155,8 +156,10 @@ class Catalog:
                     self.add(option(config.symbol, right, strike, expiry))
 
     def add(self, contract: SimContract) -> SimContract:
-        self.by_id.setdefault(contract.con_id, contract)
-        return self.by_id[contract.con_id]
+        known = self.by_id.setdefault(contract.con_id, contract)
+        if known.sec_type == "OPT":
+            self._options.setdefault((known.symbol, known.expiry[:8], round(known.strike, 6), known.right), known)
+        return known
 
     def match(self, q: ContractFields) -> list[SimContract]:
         if q.con_id:
@@ -164,6 +167,11 @@ class Catalog:
             return [found] if found is not None else []
         sec_type = q.sec_type.upper()
         right = normalise_right(q.right)
+        if sec_type == "OPT" and q.symbol and len(q.expiry) >= 8 and q.strike and right and not q.local_symbol:
+            # One option named in full, as a client qualifies a chain: looked up, not scanned (a chain read asks
+            # hundreds of these, and a scan of the whole catalog each held the simulator's loop for milliseconds).
+            found = self._options.get((q.symbol.upper(), q.expiry[:8], round(q.strike, 6), right))
+            return [found] if found is not None else []
         out = []
         for c in self.by_id.values():
             if q.local_symbol and c.local_symbol.replace(" ", "") != q.local_symbol.replace(" ", ""):
