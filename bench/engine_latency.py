@@ -1,10 +1,11 @@
 """Live decision latency: `Engine.on_event(Quote)` with a 4-leg book in steady state (DESIGN §9: p99 <= 50 µs).
 
-Run from the repository root:  .venv/bin/python bench/engine_latency.py [--events 200000] [--profile]
+Run from the repository root:  .venv/bin/python bench/engine_latency.py [--events 200000] [--profile] [--commander]
 
 Two long straddles (different strikes and expiries) on NVDA, a random walk of small quote moves, and a fake
 broker that acks and fills every hedge at the touch at once (its events are not timed). Each quote is timed
-with time.perf_counter_ns around the one call.
+with time.perf_counter_ns around the one call. With --commander a thread does a commander run's own work meanwhile,
+once a second (as the daemon's control lane does, once a day): the strategies and the decision over a 216-option chain.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import math
 import pstats
 import random
 import sys
+import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -114,6 +116,34 @@ class Run:
         return samples, states, hedges
 
 
+def commander_passes(stop: threading.Event, passes: list[float]) -> None:
+    """A commander run's CPU work once a second until stopped: straddle_keeper's targets and the decision over
+    a chain of 9 weekly expiries x 12 strikes x calls and puts, each pass's seconds appended to `passes`."""
+    from trading.core.commander import Intent, Portfolio, Rules, StrategySlot, decide
+    from trading.core.greeks import bs_price
+    from trading.core.strategies import MarketView, build
+
+    today = T0.date()
+    options = {}
+    for week in range(9):
+        expiry = date(2026, 3, 13) + timedelta(weeks=week)
+        for strike in [SPOT + 5.0 * k for k in range(-6, 6)]:
+            for right in ("C", "P"):
+                contract = Contract(10_000 + len(options), "NVDA", "OPT", right, strike, expiry, 100,
+                                    f"NVDA {expiry:%y%m%d}{right}{strike:g}")
+                mid = bs_price(right, SPOT, strike, ((expiry - today).days + 0.5) / 365.0, 0.04, 0.0, 0.5)
+                options[(right, strike, expiry)] = (contract, round(mid, 2))
+    market = MarketView("NVDA", SPOT, today, options)
+    keeper = build("straddle_keeper", {"straddles": 10, "min_dte": 40, "max_dte": 70, "roll_dte": 35})
+    while not stop.is_set():
+        started = time.perf_counter()
+        targets, _ = keeper.targets(market, {})
+        decide(Portfolio({}, {}, {}, 1e6, 5e5, "NVDA"), {"keeper": Intent("keeper", T0, "success", tuple(targets))},
+               [StrategySlot("keeper", 0.5)], T0, Rules())
+        passes.append(time.perf_counter() - started)
+        stop.wait(1.0)
+
+
 def _percentile(sorted_ns: list[int], q: float) -> float:
     index = min(len(sorted_ns) - 1, max(0, math.ceil(q * len(sorted_ns)) - 1))
     return sorted_ns[index] / 1000.0
@@ -124,6 +154,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=200_000, help="quotes to time (default 200000)")
     parser.add_argument("--seed", type=int, default=1, help="random-walk seed")
     parser.add_argument("--profile", action="store_true", help="also profile the quote path with cProfile")
+    parser.add_argument("--commander", action="store_true", help="a commander pass on a thread every second")
     args = parser.parse_args()
 
     run = Run(args.events, args.seed)
@@ -132,7 +163,12 @@ def main() -> int:
     # The pre-built quotes are the bench's own heap, not the daemon's: keep full collections from walking them.
     gc.collect()
     gc.freeze()
+    stop, passes = threading.Event(), []
+    lane = threading.Thread(target=commander_passes, args=(stop, passes), daemon=True)
+    if args.commander:
+        lane.start()
     samples, states, hedges = run.timed()
+    stop.set()
     ordered = sorted(samples)
     p50, p99, worst = _percentile(ordered, 0.50), _percentile(ordered, 0.99), ordered[-1] / 1000.0
     monitor_share = states.get(TradingState.MONITOR, 0) / len(samples)
@@ -146,6 +182,9 @@ def main() -> int:
     print(f"  p99  {p99:8.1f} µs   target <= {TARGET_P99_US:g} µs (DESIGN §9)   {verdict}")
     print(f"  max  {worst:8.1f} µs")
     print(f"  mean {sum(samples) / len(samples) / 1000.0:8.1f} µs")
+    if args.commander:
+        print(f"  meanwhile {len(passes)} commander passes on a thread, "
+              f"{1e3 * sum(passes) / max(len(passes), 1):.1f} ms each")
 
     if args.profile or verdict == "MISS":
         profiled = Run(min(args.events, 50_000), args.seed + 1)

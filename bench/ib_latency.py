@@ -12,7 +12,8 @@ ib_async runs from .venv-ib-async (make test-ib-async creates it); it is skipped
 With --commander the client also runs a commander pass every second while it hedges (a real run is once a day), as a
 `commander_run` does in the daemon: the option chain from the broker (its requests awaited on the event loop), then
 the strategies and the decision on a thread (the daemon's control lane; the database writes are left out), so the
-hedge path is timed while runs are in progress. The stopwatch sits in the simulator, which serves the chain too:
+hedge path is timed while runs are in progress; rounds are then spaced so that the hedges and the chain together
+stay inside IB's pacing (COMMANDER_ROUND_GAP_S). The stopwatch sits in the simulator, which serves the chain too:
 with --commander the figure includes the simulator's own delay in reading the order while it answers the chain.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import gc
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,12 +38,16 @@ sys.path.insert(0, str(REPO))
 TARGET_P99_MS = 2.0
 WARMUP_ROUNDS = 30
 MOVE_FRAC = 0.015
+ROUND_GAP_S = 0.03  # between rounds: the fill goes back and the engine settles
+# With the commander, a hedge every 0.1 s: with the chain's own requests (CHAIN_REQUESTS_PER_S) still inside IB's
+# pacing of 50 messages a second, which every client library enforces (a real hedger sends a few a minute).
+COMMANDER_ROUND_GAP_S = 0.1
 VENVS = {"ib_insync": REPO / ".venv" / "bin" / "python", "ib_async": REPO / ".venv-ib-async" / "bin" / "python"}
 
 
 # ---- server: tws_sim with a stopwatch ---------------------------------------------------------------------------
 
-async def serve(port_file: Path, rounds: int) -> dict[str, Any]:
+async def serve(port_file: Path, rounds: int, gap_s: float) -> dict[str, Any]:
     from trading.sim.market import MarketConfig
     from trading.sim.tws_server import TwsServer
 
@@ -79,7 +85,7 @@ async def serve(port_file: Path, rounds: int) -> dict[str, Any]:
             continue
         if i >= WARMUP_ROUNDS:
             latencies_ms.append((arrived_ns - sent_ns) / 1e6)
-        await asyncio.sleep(0.03)  # the fill goes back and the engine settles
+        await asyncio.sleep(gap_s)  # the fill goes back and the engine settles
         gc.collect(1)
     gc.enable()
     await server.stop()
@@ -101,7 +107,10 @@ async def commander_passes(broker: Any, engine: Any) -> None:
         if spot is None:
             await asyncio.sleep(0.1)
             continue
+        started = time.perf_counter()
         chain = await broker.option_chain(engine.params.underlying, spot=spot, max_dte=60, strikes_each_side=6)
+        print(f"commander pass: {len(chain)} options read in {time.perf_counter() - started:.1f} s",
+              file=sys.stderr)
         now = datetime.now(UTC)
         market = MarketView(engine.params.underlying, spot, trading_date(now), {
             (q.contract.right, q.contract.strike, q.contract.expiry): (q.contract, q.mid) for q in chain})
@@ -122,7 +131,7 @@ async def trade(port: int, lib: str, journal_dir: Path | None, commander: bool =
     from trading.brokers.ib import IBBroker
     from trading.core.calendar import AlwaysOpenCalendar
     from trading.core.engine import Engine
-    from trading.core.events import Event, PlaceOrder, PositionsSynced, Reconciled
+    from trading.core.events import Event, PlaceOrder, PositionsSynced, Quote, Reconciled
     from trading.core.params import StrategyParams
     from trading.daemon.journal import Journal
 
@@ -141,8 +150,20 @@ async def trade(port: int, lib: str, journal_dir: Path | None, commander: bool =
         if journal is not None:  # the intent goes to the disk once the order's bytes have left
             await loop.run_in_executor(None, journal.sync)
 
+    engine_ns: list[int] = []  # Engine.on_event(Quote), each call: reported when the orchestrator stops us
+
+    def report_engine() -> None:
+        print("ENGINE " + json.dumps(engine_ns), file=sys.stderr, flush=True)
+        os._exit(0)
+
+    loop.add_signal_handler(signal.SIGTERM, report_engine)
+
     def on_event(event: Event) -> None:  # Daemon.on_broker_event → _dispatch → _execute
-        for action in engine.on_event(event, datetime.now(UTC)):
+        started_ns = time.perf_counter_ns()
+        actions = engine.on_event(event, datetime.now(UTC))
+        if isinstance(event, Quote):
+            engine_ns.append(time.perf_counter_ns() - started_ns)
+        for action in actions:
             if isinstance(action, PlaceOrder):
                 if journal is not None:  # Daemon._why_not_send: the intent is written before the order leaves
                     journal.append_intent({"order_ref": action.order_ref, "intent": action.intent,
@@ -179,8 +200,10 @@ def measure(lib: str, rounds: int, tmp: Path, intent: bool, commander: bool = Fa
     port_file = tmp / f"port-{lib}"
     port_file.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    gap_s = COMMANDER_ROUND_GAP_S if commander else ROUND_GAP_S
     server = subprocess.Popen([str(VENVS["ib_insync"]), __file__, "--role", "server", "--rounds", str(rounds),
-                               "--port-file", str(port_file)], stdout=subprocess.PIPE, text=True, env=env)
+                               "--gap-s", str(gap_s), "--port-file", str(port_file)], stdout=subprocess.PIPE,
+                              text=True, env=env)
     deadline = time.monotonic() + 20
     while not port_file.exists() or not port_file.read_text():
         if time.monotonic() > deadline:
@@ -189,13 +212,18 @@ def measure(lib: str, rounds: int, tmp: Path, intent: bool, commander: bool = Fa
         time.sleep(0.05)
     client = subprocess.Popen([str(python), __file__, "--role", "client", "--lib", lib, "--port",
                                port_file.read_text(), *(["--journal-dir", str(tmp)] if intent else []),
-                               *(["--commander"] if commander else [])], env=env)
+                               *(["--commander"] if commander else [])], env=env, stderr=subprocess.PIPE, text=True)
     try:
-        out, _ = server.communicate(timeout=60 + rounds * 0.2)
+        out, _ = server.communicate(timeout=60 + rounds * (0.2 + gap_s))
     finally:
         client.terminate()
-        client.wait(10)
+        _, err = client.communicate(timeout=10)
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    for line in err.splitlines():
+        if line.startswith("ENGINE "):
+            result["engine_us"] = [ns / 1e3 for ns in json.loads(line[len("ENGINE "):])]
+        elif line.startswith("commander pass"):
+            print(f"{lib}: {line}")
     return result
 
 
@@ -210,6 +238,13 @@ def report(lib: str, result: dict[str, Any]) -> bool:
     print(f"{lib:26s} quote→order over loopback: n={len(lat)} p50={p50:.3f} ms p99={p99:.3f} ms "
           f"max={lat[-1]:.3f} ms mean={statistics.fmean(lat):.3f} ms missed={result['missed']}  "
           f"target p99 ≤ {TARGET_P99_MS:g} ms: {'met' if ok else 'MISSED'}")
+    engine = sorted(result.get("engine_us", []))
+    if engine:
+        e99 = engine[min(len(engine) - 1, int(round(0.99 * (len(engine) - 1))))]
+        # Every quote here moves the stock 1.5 % and decides a hedge: compare with and without --commander; the
+        # 50 µs target is for a session's quote stream (bench/engine_latency.py), mostly quotes that decide nothing.
+        print(f"{'':26s} Engine.on_event(Quote) in that client, each deciding a hedge: n={len(engine)} "
+              f"p50={statistics.median(engine):.1f} µs p99={e99:.1f} µs")
     return ok
 
 
@@ -220,6 +255,7 @@ def main() -> None:
     parser.add_argument("--role", choices=("main", "server", "client"), default="main")
     parser.add_argument("--port", type=int)
     parser.add_argument("--port-file", type=Path)
+    parser.add_argument("--gap-s", type=float, default=ROUND_GAP_S, help="server: pause between rounds")
     parser.add_argument("--journal-dir", type=Path, help="client: journal each order intent here first (synced)")
     parser.add_argument("--intent", choices=("on", "off", "both"), default="both",
                         help="measure with the synced journal intent before each order (as the daemon sends), "
@@ -227,7 +263,7 @@ def main() -> None:
     parser.add_argument("--commander", action="store_true", help="with commander passes running meanwhile")
     args = parser.parse_args()
     if args.role == "server":
-        print(json.dumps(asyncio.run(serve(args.port_file, args.rounds))))
+        print(json.dumps(asyncio.run(serve(args.port_file, args.rounds, args.gap_s))))
         return
     if args.role == "client":
         asyncio.run(trade(args.port, args.lib, args.journal_dir, args.commander))

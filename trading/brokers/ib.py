@@ -86,7 +86,27 @@ class Recent(OrderedDict[K, V]):
             self.popitem(last=False)
 
 
-CHAIN_BATCH = 8  # option contracts per request while reading a chain (IBBroker.option_chain)
+# Reading a chain (IBBroker.option_chain): TWS takes at most 50 messages a second from a client, and the client
+# libraries queue anything over 45 in order, a hedge order behind the rest. The chain's requests are spaced to
+# under half of that, so a chain read never makes an order wait; and at most this many snapshots are open at
+# once, well inside the account's market-data lines (the hedge's own subscriptions need some).
+CHAIN_REQUESTS_PER_S = 20.0
+CHAIN_SNAPSHOTS_OPEN = 40
+
+
+class Pacer:
+    """Spaces awaited starts at least 1/per_s seconds apart (first come, first served)."""
+
+    def __init__(self, per_s: float) -> None:
+        self.gap_s = 1.0 / per_s
+        self._next_at = 0.0
+
+    async def wait(self) -> None:
+        now = asyncio.get_running_loop().time()
+        at = max(now, self._next_at)
+        self._next_at = at + self.gap_s
+        if at > now:
+            await asyncio.sleep(at - now)
 
 
 def price_or_none(x: Any) -> float | None:
@@ -167,6 +187,7 @@ class IBBroker:
         self._order_errors: Recent[int, str] = Recent()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.throttled = 0  # times the client library held our requests back (IB's pacing): orders waited
         if mode == "live":
             log.warning("!!! IBBroker in LIVE mode: real orders on %s:%s — BIFROST_LIVE_CONFIRM=yes !!!", host, port)
 
@@ -355,10 +376,13 @@ class IBBroker:
 
     async def option_chain(self, symbol: str, *, spot: float, max_dte: int,
                            strikes_each_side: int) -> list[ChainQuote]:
-        """reqSecDefOptParams for the chain's terms, the options near spot qualified, then one snapshot quote
-        each (reqTickers): a request or two a day, never on the hot path."""
+        """reqSecDefOptParams for the chain's terms, one reqContractDetails per expiry for its contracts, then one
+        snapshot quote for each option near spot: a request or two a day, paced (CHAIN_REQUESTS_PER_S) so the
+        hedge's orders never queue behind it."""
         self._require_connected()
         stock = await self._stock(symbol)
+        pacer = Pacer(CHAIN_REQUESTS_PER_S)
+        await pacer.wait()
         params = await self._request("option chain", lambda: self.ib.reqSecDefOptParamsAsync(
             symbol, "", "STK", stock.conId))
         chain = next((p for p in params if p.exchange == "SMART"), params[0] if params else None)
@@ -368,20 +392,31 @@ class IBBroker:
         expiries = [e for e in sorted(chain.expirations)
                     if 0 <= (date(int(e[:4]), int(e[4:6]), int(e[6:8])) - today).days <= max_dte]
         strikes = sorted(float(k) for k in chain.strikes)
-        near = [k for k in strikes if k <= spot][-strikes_each_side:] + [k for k in strikes if k > spot][
-            :strikes_each_side]
-        wanted = [self.lib.Option(symbol, e, k, r, "SMART", tradingClass=chain.tradingClass,
-                                  multiplier=chain.multiplier, currency="USD")
-                  for e in expiries for k in near for r in ("C", "P")]
-        quotes = []
-        # A few contracts at a time: the client library decodes every answer on the event loop, and a burst of
-        # hundreds would hold the hedge's quotes back for tens of milliseconds.
-        for start in range(0, len(wanted), CHAIN_BATCH):
-            qualified = await self._qualify(wanted[start:start + CHAIN_BATCH])
-            tickers = await self._request("option quotes", lambda q=qualified: self.ib.reqTickersAsync(*q))
-            quotes += [ChainQuote(core_contract(t.contract), _or_nan(price_or_none(t.bid)),
-                                  _or_nan(price_or_none(t.ask))) for t in tickers]
-        return quotes
+        near = {*[k for k in strikes if k <= spot][-strikes_each_side:],
+                *[k for k in strikes if k > spot][:strikes_each_side]}
+        wanted = []
+        for expiry in expiries:  # one request lists an expiry's every contract (answers are not paced, requests are)
+            await pacer.wait()
+            details = await self._request("option contracts", lambda e=expiry: self.ib.reqContractDetailsAsync(
+                self.lib.Option(symbol, e, exchange="SMART", tradingClass=chain.tradingClass,
+                                multiplier=chain.multiplier, currency="USD")), lock=False)
+            wanted += sorted((d.contract for d in details if d.contract.strike in near),
+                             key=lambda c: (c.strike, c.right))
+        open_slots = asyncio.Semaphore(CHAIN_SNAPSHOTS_OPEN)
+
+        async def quote(contract: Any) -> ChainQuote:
+            async with open_slots:
+                await pacer.wait()
+                (ticker,) = await self._request("option quote", lambda: self.ib.reqTickersAsync(contract), lock=False)
+            return ChainQuote(core_contract(ticker.contract), _or_nan(price_or_none(ticker.bid)),
+                              _or_nan(price_or_none(ticker.ask)))
+
+        quotes = [asyncio.ensure_future(quote(c)) for c in wanted]
+        try:
+            return list(await asyncio.gather(*quotes))
+        finally:
+            for q in quotes:  # after a failure: the others are not waited for
+                q.cancel()
 
     # ---- connecting ----------------------------------------------------------------------------------------------
 
@@ -393,6 +428,7 @@ class IBBroker:
         ib.commissionReportEvent += self._on_commission
         ib.errorEvent += self._on_error
         ib.disconnectedEvent += self._on_disconnected
+        ib.client.throttleStart += self._on_throttled
         return ib
 
     async def _connect_once(self) -> bool:
@@ -484,6 +520,11 @@ class IBBroker:
         self.ib.reqMarketDataType(3)
         for con_id in list(self._tickers):
             self._tickers[con_id] = self.ib.reqMktData(self._wanted[con_id], "", False, False)
+
+    def _on_throttled(self) -> None:
+        self.throttled += 1
+        log.warning("IB pacing: over %d requests a second, the client library queues them (orders wait too)",
+                    self.ib.client.MaxRequests)
 
     def _on_tickers(self, tickers: Any) -> None:
         now = self.clock()

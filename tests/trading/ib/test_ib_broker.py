@@ -391,6 +391,31 @@ def test_option_chain_lists_the_strikes_near_spot_within_the_dte_window_with_quo
     assert all(0 < q.bid <= q.ask for q in chain if q.contract.strike == 180.0)
 
 
+def test_a_whole_chain_read_never_holds_a_hedge_order_in_the_client_librarys_queue(tws):
+    """IB takes 50 messages a second; the client libraries queue what is over 45 in order, so a chain read that
+    bursts its requests makes a hedge order placed meanwhile wait behind them (hundreds of ms). Paced, it never
+    trips that queue, and the hedge leaves while the chain is still being read."""
+    async def scenario():
+        broker, events = _broker(tws)
+        await broker.connect()
+        try:
+            reading = asyncio.ensure_future(broker.option_chain("NVDA", spot=180.0, max_dte=60,
+                                                                strikes_each_side=6))
+            await wait_for(lambda: events.of(OptionQuote), 10, "the chain's first quotes")
+            await broker.place_order(_order("bifrost:t:chain:1", qty=10))
+            await wait_for(lambda: events.of(Fill), 10, "the hedge's fill")
+            hedged_while_reading = not reading.done()
+            return await reading, hedged_while_reading, broker.throttled
+        finally:
+            await broker.disconnect()
+
+    chain, hedged_while_reading, throttled = run(scenario())
+
+    assert len(chain) >= 150  # every expiry within 60 days, 12 strikes, calls and puts
+    assert hedged_while_reading
+    assert throttled == 0
+
+
 def test_an_option_limit_order_of_the_commander_goes_to_its_contract_and_fills(tws):
     async def scenario():
         broker, events = _broker(tws)
