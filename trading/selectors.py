@@ -10,7 +10,7 @@ from trading.core.calendar import ET
 from trading.core.engine import EXEC_MEMORY_DAYS, BookedFill, EngineSeed
 from trading.core.events import Contract, Side
 from trading.core.pnl import Holding
-from trading.models import ControlState, DaemonLease, Fill, ManagedLeg, Order, StatusCurrent
+from trading.models import CommanderRun, ControlState, DaemonLease, Fill, ManagedLeg, Order, StatusCurrent
 
 OPEN_ORDER_STATES = ("plan", "sent", "working", "partial", "unknown")
 # A lease is stale after this many of its holder's intervals without a renewal (by the database's clock).
@@ -78,7 +78,23 @@ def engine_seed_load(*, today: date) -> EngineSeed:
         last_hedge_price=last_price,
         daily_pnl_usd=float(last_pnl.get("daily_usd") or 0.0),
         daily_pnl_date=date.fromisoformat(last_pnl["trading_date"]) if last_pnl.get("trading_date") else None,
+        to_adopt=commander_buys_unadopted(since=day_start),
     )
+
+
+def commander_buys_unadopted(*, since: datetime) -> tuple[tuple[int, str], ...]:
+    """The options live commander runs since `since` bought, or may have (planned, sent, working or filled), that
+    are not managed legs yet: a daemon restarted before their fill still adopts them. Their orders are DAY orders,
+    so today's runs are the only ones whose buys can still fill."""
+    managed = set(ManagedLeg.objects.filter(active=True).values_list("con_id", flat=True))
+    out: dict[int, str] = {}
+    for run in CommanderRun.objects.filter(dry_run=False, executed_at__gte=since).order_by("executed_at", "id"):
+        for order in run.orders:
+            con_id = int(order["contract"]["con_id"])
+            if (order["action"] == "BUY" and con_id not in managed
+                    and not order["outcome"].startswith(("not sent", "rejected"))):
+                out.setdefault(con_id, f"commander run #{run.pk}")
+    return tuple(out.items())
 
 
 def _side(value: str) -> Side:

@@ -140,6 +140,8 @@ class EngineSeed:
     last_hedge_price: float | None = None
     daily_pnl_usd: float = 0.0  # P&L made on `daily_pnl_date` (US/Eastern) before this start
     daily_pnl_date: date | None = None
+    # Options Bifrost bought and not yet adopted, (con_id, why): adopted once the account holds them.
+    to_adopt: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +187,8 @@ class Engine:
         for contract, qty in s.managed:
             self.book.adopt(contract, qty, None)
         self.adopted = bool(s.managed)
-        self._to_adopt: dict[int, str] = {}  # con_id -> why: legs Bifrost opened, adopted once the account holds them
+        # con_id -> why: legs Bifrost opened, adopted once the account holds them
+        self._to_adopt: dict[int, str] = {c: why for c, why in s.to_adopt if c not in self.book.legs}
         self.book.hedge_shares = s.hedge_shares
         self.bid: float | None = None
         self.ask: float | None = None

@@ -200,7 +200,11 @@ class Daemon:
     def on_broker_event(self, event: Event) -> None:
         if isinstance(event, BrokerStatus) and not event.connected:
             self._disconnected.set()
-        if self.engine is None or (isinstance(event, Fill) and not self._ours(event)):
+        if self.engine is None:
+            return
+        if isinstance(event, Fill) and not self._ours(event):
+            if self._commanders(event):
+                self._positions_stale = True  # an option of ours filled: the legs it opens are adopted from there
             return
         self._dispatch(event)
 

@@ -12,7 +12,7 @@ import pytest
 from trading.brokers.sim import SimBroker
 from trading.commander import commander_request
 from trading.daemon.runtime import Daemon
-from trading.models import CommanderRun, Strategy
+from trading.models import CommanderRun, ManagedLeg, Operation, Strategy
 from trading.services import control_command_create, strategy_config_create
 from trading.sim.market import MarketConfig
 
@@ -168,4 +168,45 @@ def test_a_resting_option_order_never_blocks_hedging_and_the_run_ends_partial(tm
     assert isinstance(run, CommanderRun)
     assert len(seen["resting"]) == 4  # the hedge above left while all four option orders were working
     assert run.state == "partial_success" and all(o["outcome"].startswith("working") for o in run.orders)
+    assert seen["exit"] == 0
+
+
+def test_legs_a_run_bought_are_adopted_by_the_next_daemon_when_they_fill_after_a_restart(tmp_path, settings,
+                                                                                         monkeypatch):
+    settings.BIFROST_JOURNAL_DIR = tmp_path
+    settings.BIFROST_COMMANDER_LIMIT_OFFSET_USD = -3.0  # the orders rest until the test makes them marketable
+    monkeypatch.setattr("trading.daemon.runtime.COMMANDER_FOLLOW_S", 1.0)
+    strategy_config_create(name="base", params={}, user="t", activate=True)
+    Strategy.objects.create(slug="keeper", name="keeper", kind="straddle_keeper", capital_allocation=0.2,
+                            send_enabled=True, params={"straddles": 10, "min_dte": 40, "max_dte": 70, "roll_dte": 35})
+    broker = SimBroker(config=MarketConfig(), seed=7, state_path=tmp_path / "sim.json", tick_s=0.05)
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        first = Daemon(broker, heartbeat_s=0.2, history_s=1.0)
+        task = asyncio.get_running_loop().create_task(first.run())
+        await _until(lambda: first.engine is not None and first.engine.book.legs, 30, "a running daemon")
+        run = await asyncio.to_thread(commander_request, dry_run=False, user="op")
+        await _until(lambda: _final(run.pk), 30, "the run, its orders resting")
+        first.request_stop("restart")
+        await task
+        bought = {o.contract.con_id: o for o in broker.book.open_orders() if o.side == "BUY"}
+        seen["bought"] = set(bought)
+        second = Daemon(broker, heartbeat_s=0.2, history_s=1.0)
+        task = asyncio.get_running_loop().create_task(second.run())
+        await _until(lambda: second.engine is not None and second.engine.book.legs, 30, "the next daemon")
+        for order in bought.values():  # the market comes to the resting buys: they fill under the new daemon
+            broker.book.modify(order, order.qty, 1000.0)
+        await _until(lambda: set(bought) <= set(second.engine.book.legs), 30, "the bought legs adopted")
+        seen["legs"] = {c: second.engine.book.legs[c].qty for c in bought}
+        second.request_stop("test done")
+        seen["exit"] = await task
+
+    asyncio.run(scenario())
+
+    assert len(seen["bought"]) == 2  # the new call and put
+    assert seen["legs"] == {c: 10.0 for c in seen["bought"]}
+    adopted = Operation.objects.filter(kind="leg_adopted", message__contains="(commander run #")
+    assert adopted.count() == 2
+    assert set(ManagedLeg.objects.filter(active=True).values_list("con_id", flat=True)) >= seen["bought"]
     assert seen["exit"] == 0
