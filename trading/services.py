@@ -265,9 +265,13 @@ def records_write(*, source: str, records: Sequence[tuple[int, str, Mapping[str,
 
 def order_intents_write(intents: Iterable[Mapping[str, Any]]) -> int:
     """Orders whose placement was journaled before they left, written if the database never got them: their
-    outcome is unknown until the broker's word (reconciliation) settles it. Idempotent, in any order."""
+    outcome is unknown until the broker's word (reconciliation) settles it. Idempotent, in any order. A commander
+    order is not one of these: its run stored its orderRef before it left and follows it (an `Order` row would be a
+    hedge order nobody settles)."""
     created = 0
     for data in intents:
+        if data["intent"] == "commander":
+            continue
         ts = _ts(data["ts"])
         _, new = Order.objects.get_or_create(order_ref=data["order_ref"], defaults=dict(
             intent=data["intent"], account=data.get("account", ""), mode=data.get("mode", ""), symbol=data["symbol"], side=data["side"],

@@ -264,3 +264,17 @@ def test_an_option_without_a_quote_is_stored_as_null_and_its_strategy_reported_u
 
     assert intent.status == "success" and {t["price_usd"] for t in intent.target_positions} == {None}
     assert "no price for" in run.decision["skipped"]["errored"]["keeper"] and run.orders == []
+
+
+def test_a_journaled_commander_order_replayed_after_a_crash_is_left_to_its_run_not_made_a_hedge_order():
+    from trading.selectors import engine_seed_load
+    from trading.services import order_intents_write
+
+    intent = {"order_ref": f"{COMMANDER_REF_PREFIX}7:1", "intent": "commander", "symbol": "NVDA", "side": "BUY",
+              "qty": 10, "order_type": "limit", "limit_price": 7.5, "account": "DU1", "ts": timezone.now().isoformat()}
+    hedge = {**intent, "order_ref": "bifrost:abc:1", "intent": "hedge", "order_type": "market", "limit_price": None}
+
+    assert order_intents_write([intent, hedge]) == 1
+
+    assert list(Order.objects.values_list("order_ref", flat=True)) == ["bifrost:abc:1"]
+    assert [ref for ref, *_ in engine_seed_load(today=timezone.now().date()).open_orders] == ["bifrost:abc:1"]
