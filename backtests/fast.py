@@ -31,6 +31,7 @@ from backtests.replay import (
     ProgressFn,
     Structure,
     Trace,
+    TraceParts,
 )
 from trading.core.calendar import in_earnings_blackout
 from trading.core.greeks import bs_scalar, expiry_instant, years_to
@@ -324,7 +325,8 @@ def _kernel(i0: int, i1: int, ts: np.ndarray, bid: np.ndarray, ask: np.ndarray, 
             pi: np.ndarray, bounds: np.ndarray, blackout: np.ndarray, opens: np.ndarray, closes: np.ndarray,
             fs: np.ndarray, ist: np.ndarray, hold: np.ndarray, legs: np.ndarray, out_f: np.ndarray,
             out_i: np.ndarray, fill_i: np.ndarray, fill_f: np.ndarray) -> None:
-    """Ticks i0..i1: each tick's events in order, each followed by the engine's evaluation, then the trace row."""
+    """Ticks i0..i1: each tick's events in order, each followed by the engine's evaluation, then the trace row
+    (row i - i0 of the chunk's trace buffers; fills from row 0 of theirs)."""
     n = ts.shape[0]
     dec_f = np.zeros(3)
     dec_i = np.zeros(2, dtype=np.int64)
@@ -363,7 +365,7 @@ def _kernel(i0: int, i1: int, ts: np.ndarray, bid: np.ndarray, ask: np.ndarray, 
                 _roll_day(now, fs, ist, hold, bounds)
                 _fill(i, now, fs, ist, hold, pf, fill_i, fill_f)
             _evaluate(now, fs, ist, hold, legs, pf, pi, blackout, opens, closes, dec_f, dec_i)
-        _row(i, fs, ist, hold, pf, pi, blackout, opens, closes, dec_f, dec_i, out_f, out_i)
+        _row(i - i0, fs, ist, hold, pf, pi, blackout, opens, closes, dec_f, dec_i, out_f, out_i)
 
 
 def _row(i: int, fs: np.ndarray, ist: np.ndarray, hold: np.ndarray, pf: np.ndarray, pi: np.ndarray,
@@ -411,12 +413,17 @@ def compiled_kernel() -> Callable[..., Any]:
     return _compiled_kernel
 
 
-CHUNK_TICKS = 200_000
+# Ticks per call of the compiled event loop: its trace buffers hold one chunk, handed over before the next.
+CHUNK_TICKS = 65_536
+ChunkFn = Callable[[int, Trace], None]
 
 
 def run_fast(data: TickData, params: StrategyParams, structure: Structure, execution: Execution,
-             *, halt_policy: str = HALT_POLICIES[0], progress: ProgressFn | None = None) -> Trace:
-    """The per-event replay's trace, computed by the compiled event loop; see the module docstring."""
+             *, halt_policy: str = HALT_POLICIES[0], progress: ProgressFn | None = None,
+             on_chunk: ChunkFn | None = None) -> Trace | None:
+    """The per-event replay's trace, computed by the compiled event loop; see the module docstring. With
+    `on_chunk`, each chunk's trace goes to it in order instead, as `on_chunk(first_row, part)` with `part` a view of
+    buffers the next chunk reuses, and None is returned: a long replay never holds its per-tick trace."""
     why = unsupported(params)
     if why is not None:
         raise ValueError(f"fast path does not support {why[0]}: {why[1]}")
@@ -482,28 +489,32 @@ def run_fast(data: TickData, params: StrategyParams, structure: Structure, execu
         for k in range(LEGS):
             _option_quote(legs, k, mid0, years_to(pf[P_EXPIRY_S], t0 / 1e6), pf, float(data.iv[0]))
     ist[I_STATE] = S_SYNC  # BrokerStatus, PositionsSynced and Reconciled before tick 0: boot → sync
-    # Column-major outputs: each trace column is one contiguous row here, handed over without a copy.
-    out_f = np.empty((N_OF, n))
-    out_i = np.zeros((N_OI, n), dtype=np.int64)
-    fill_i = np.zeros((n + 1, 3), dtype=np.int64)
-    fill_f = np.zeros((n + 1, 3))
+    # Column-major chunk buffers: each trace column is one contiguous row here, handed over without a copy.
+    size = min(n, CHUNK_TICKS)
+    out_f = np.empty((N_OF, size))
+    out_i = np.zeros((N_OI, size), dtype=np.int64)
+    fill_i = np.zeros((size + 1, 3), dtype=np.int64)  # a tick has one fill at most
+    fill_f = np.zeros((size + 1, 3))
     iv = np.ascontiguousarray(data.iv, dtype=np.float64)
     bid = np.ascontiguousarray(data.bid, dtype=np.float64)
     ask = np.ascontiguousarray(data.ask, dtype=np.float64)
+    whole = TraceParts(n) if on_chunk is None else None
     for start in range(0, n, CHUNK_TICKS):
         stop = min(start + CHUNK_TICKS, n)
+        ist[I_NFILLS] = 0
         kernel(start, stop, ts, bid, ask, iv, pf, pi, bounds, blackout, opens, closes, fs, ist, hold, legs, out_f,
                out_i, fill_i, fill_f)
+        rows, k = stop - start, int(ist[I_NFILLS])
+        part = Trace(
+            decision=out_i[OI_DECISION, :rows].astype(np.int8), reasons=out_i[OI_REASONS, :rows],
+            intent_shares=out_f[O_INTENT, :rows], order_shares=out_f[O_ORDER, :rows],
+            net_delta_shares=out_f[O_NET, :rows], hedge_shares=out_f[O_HS, :rows], hedge_qty=out_f[O_HQ, :rows],
+            hedge_avg=out_f[O_HAVG, :rows], hedge_realized=out_f[O_HREAL, :rows], hedge_mark=out_f[O_HMARK, :rows],
+            call_mark=out_f[O_CMARK, :rows], put_mark=out_f[O_PMARK, :rows], commissions=out_f[O_COMM, :rows],
+            state=out_i[OI_STATE, :rows].astype(np.int8),
+            fill_row=fill_i[:k, 0], fill_us=fill_i[:k, 1], order_us=fill_i[:k, 2],
+            fill_qty=fill_f[:k, 0], fill_price=fill_f[:k, 1], fill_commission=fill_f[:k, 2], path="fast")
+        (whole.add if whole is not None else on_chunk)(start, part)  # type: ignore[misc]
         if progress is not None:
             progress(stop / n)
-    k = int(ist[I_NFILLS])
-    return Trace(
-        decision=out_i[OI_DECISION].astype(np.int8), reasons=out_i[OI_REASONS],
-        intent_shares=out_f[O_INTENT], order_shares=out_f[O_ORDER], net_delta_shares=out_f[O_NET],
-        hedge_shares=out_f[O_HS], hedge_qty=out_f[O_HQ], hedge_avg=out_f[O_HAVG], hedge_realized=out_f[O_HREAL],
-        hedge_mark=out_f[O_HMARK], call_mark=out_f[O_CMARK], put_mark=out_f[O_PMARK], commissions=out_f[O_COMM],
-        state=out_i[OI_STATE].astype(np.int8),
-        fill_row=fill_i[:k, 0].copy(), fill_us=fill_i[:k, 1].copy(), order_us=fill_i[:k, 2].copy(),
-        fill_qty=fill_f[:k, 0].copy(), fill_price=fill_f[:k, 1].copy(), fill_commission=fill_f[:k, 2].copy(),
-        path="fast",
-    )
+    return whole.trace() if whole is not None else None

@@ -504,91 +504,152 @@ def _sample(n: int, points: int) -> npt.NDArray[np.int64]:
     return np.unique(idx)
 
 
-def _daily(data: TickData, trace: Trace, eq: Equity, mid: FloatArray) -> list[dict[str, Any]]:
-    """Per US/Eastern trading date: closing equity, the day's P&L, hedges, blocked ticks and the close mid."""
-    from backtests.calendars import et_days
-
-    day0, bounds = et_days(int(data.ts_us[0]), int(data.ts_us[-1]))
-    day_idx = np.searchsorted(bounds, data.ts_us, side="right") - 1
-    last_rows = np.flatnonzero(np.diff(day_idx, append=day_idx[-1] + 1))
-    out: list[dict[str, Any]] = []
-    previous = 0.0
-    start = 0
-    for row in last_rows:
-        k = int(day_idx[row])
-        close = float(eq.total[row])
-        window = slice(start, int(row) + 1)
-        out.append({"date": (day0 + timedelta(days=k)).isoformat(), "pnl_usd": close - previous,
-                    "equity_usd": close, "hedges": int((trace.decision[window] == DECISION_HEDGE).sum()),
-                    "blocked_ticks": int((trace.decision[window] == DECISION_BLOCKED).sum()),
-                    "close_mid": float(mid[row]), "ticks": int(row) + 1 - start})
-        previous, start = close, int(row) + 1
-    return out
-
-
-def _blocks(trace: Trace) -> dict[str, int]:
-    blocked = trace.reasons[trace.decision == DECISION_BLOCKED]
-    counts = {r: int(((blocked >> i) & 1).sum()) for i, r in enumerate(GATE_REASONS)}
-    return {r: c for r, c in counts.items() if c}
-
-
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+class TraceParts:
+    """A trace's chunks (`run_fast`'s on_chunk, in order) gathered into the whole trace."""
+
+    def __init__(self, n: int) -> None:
+        self._trace = Trace.empty(n)
+        self._fills: list[list[npt.NDArray[Any]]] = [[] for _ in Trace.FILL_FIELDS]
+
+    def add(self, start: int, part: Trace) -> None:
+        stop = start + len(part.decision)
+        for name in Trace.ROW_FIELDS:
+            getattr(self._trace, name)[start:stop] = getattr(part, name)
+        for kept, name in zip(self._fills, Trace.FILL_FIELDS, strict=True):
+            kept.append(getattr(part, name).copy())
+        self._trace.path = part.path
+
+    def trace(self) -> Trace:
+        for kept, name in zip(self._fills, Trace.FILL_FIELDS, strict=True):
+            if kept:
+                setattr(self._trace, name, np.concatenate(kept))
+        return self._trace
+
+
+class Summary:
+    """result.json (DESIGN §7) from a replay's trace, fed in order a chunk at a time (`add`), so a long replay never
+    holds its per-tick trace: the curves' sample rows, each day's closing row and counts, the running drawdown, the
+    fills and the last row are all it keeps. `summarise` is the one-chunk case."""
+
+    def __init__(self, data: TickData, params: StrategyParams, structure: Structure, execution: Execution) -> None:
+        from backtests.calendars import et_days
+
+        self.data, self.params, self.structure, self.execution = data, params, structure, execution
+        n = len(data)
+        self.sample, self.price_sample = _sample(n, EQUITY_POINTS), _sample(n, PRICE_POINTS)
+        self.curve = np.full((4, len(self.sample)), math.nan)  # total, options, hedge, commissions
+        self.peak, self.drawdown = -math.inf, 0.0
+        self.day0, self.bounds = et_days(int(data.ts_us[0]), int(data.ts_us[-1]))
+        days = len(self.bounds)
+        self.day_close, self.day_mid = np.full(days, math.nan), np.full(days, math.nan)
+        self.day_ticks, self.day_hedges, self.day_blocked = (np.zeros(days, np.int64) for _ in range(3))
+        self.reason_counts = np.zeros(len(GATE_REASONS), np.int64)
+        self.halted = False
+        self.fills: list[list[npt.NDArray[Any]]] = [[] for _ in Trace.FILL_FIELDS]
+        self.last: dict[str, float] = {}
+        self.path = ""
+
+    def add(self, start: int, part: Trace) -> None:
+        rows = len(part.decision)
+        stop = start + rows
+        eq = equity_of(part, self.structure)
+        lo, hi = np.searchsorted(self.sample, (start, stop))
+        at = self.sample[lo:hi] - start
+        self.curve[:, lo:hi] = eq.total[at], eq.options[at], eq.hedge[at], eq.commissions[at]
+        running = np.maximum(np.maximum.accumulate(eq.total), self.peak)
+        self.drawdown = max(self.drawdown, float(np.max(running - eq.total)))
+        self.peak = float(running[-1])
+        days = len(self.bounds)
+        day = np.searchsorted(self.bounds, self.data.ts_us[start:stop], side="right") - 1
+        hedge, blocked = part.decision == DECISION_HEDGE, part.decision == DECISION_BLOCKED
+        self.day_ticks += np.bincount(day, minlength=days)
+        self.day_hedges += np.bincount(day[hedge], minlength=days)
+        self.day_blocked += np.bincount(day[blocked], minlength=days)
+        ends = np.flatnonzero(np.diff(day, append=-1))  # each day's last row in this chunk: the latest wins
+        self.day_close[day[ends]] = eq.total[ends]
+        self.day_mid[day[ends]] = (self.data.bid[start + ends] + self.data.ask[start + ends]) / 2.0
+        masks = part.reasons[blocked]
+        self.reason_counts += [int(((masks >> i) & 1).sum()) for i in range(len(GATE_REASONS))]
+        self.halted = self.halted or bool((part.state == STATE_CODE[TradingState.HALTED]).any())
+        for kept, name in zip(self.fills, Trace.FILL_FIELDS, strict=True):
+            kept.append(getattr(part, name).copy())
+        self.last = {"total": float(eq.total[-1]), "options": float(eq.options[-1]), "hedge": float(eq.hedge[-1]),
+                     "commissions": float(eq.commissions[-1]), "hedge_shares": float(part.hedge_shares[-1]),
+                     "net_delta_shares": float(part.net_delta_shares[-1]), "state": float(part.state[-1])}
+        self.path = part.path
+
+    def _daily(self) -> list[dict[str, Any]]:
+        """Per US/Eastern trading date with ticks: closing equity, the day's P&L, hedges, blocked ticks, close mid."""
+        out: list[dict[str, Any]] = []
+        previous = 0.0
+        for k in np.flatnonzero(self.day_ticks):
+            close = float(self.day_close[k])
+            out.append({"date": (self.day0 + timedelta(days=int(k))).isoformat(), "pnl_usd": close - previous,
+                        "equity_usd": close, "hedges": int(self.day_hedges[k]),
+                        "blocked_ticks": int(self.day_blocked[k]), "close_mid": float(self.day_mid[k]),
+                        "ticks": int(self.day_ticks[k])})
+            previous = close
+        return out
+
+    def result(self) -> dict[str, Any]:
+        """Every Contract key plus chartable extras; deterministic except `timing` (added by the caller)."""
+        data, last = self.data, self.last
+        fill_row, fill_us, _, fill_qty, fill_price, _ = (np.concatenate(kept) for kept in self.fills)
+        daily = self._daily()
+        pnl_days = np.array([d["pnl_usd"] for d in daily])
+        sharpe = None
+        if len(pnl_days) >= 2 and float(np.std(pnl_days, ddof=1)) > 0:
+            sharpe = float(np.mean(pnl_days) / np.std(pnl_days, ddof=1) * math.sqrt(252.0))
+        marker_step = max(1, math.ceil(len(fill_row) / MAX_HEDGE_MARKERS))
+        total, options, hedge, commissions = self.curve
+        mid = (data.bid[self.price_sample] + data.ask[self.price_sample]) / 2.0
+        stamps = [iso(int(data.ts_us[i])) for i in self.sample]
+        return {
+            "params": self.params.to_dict(),
+            "params_hash": self.params.params_hash,
+            "ticks": len(data),
+            "hedges": int(self.day_hedges.sum()),
+            "hedged_shares": float(np.abs(fill_qty).sum()),
+            "blocks": {r: int(c) for r, c in zip(GATE_REASONS, self.reason_counts, strict=True) if c},
+            "pnl_total_usd": last["total"],
+            "pnl_options_usd": last["options"],
+            "pnl_hedge_usd": last["hedge"],
+            "commissions_usd": last["commissions"],
+            "max_drawdown_usd": self.drawdown,
+            "sharpe": sharpe,
+            "equity_curve": [[t, round(float(v), 6)] for t, v in zip(stamps, total, strict=True)],
+            "engine_version": ENGINE_VERSION,
+            # ---- extras for the pages and the API -------------------------------------------------------------
+            "fills": len(fill_row),
+            "blocked_ticks": int(self.day_blocked.sum()),
+            "halted": self.halted,
+            "first_ts": iso(int(data.ts_us[0])),
+            "last_ts": iso(int(data.ts_us[-1])),
+            "start_position": self.structure.to_dict(),
+            "execution": self.execution.to_dict(),
+            "path": self.path,
+            "pnl_split_curve": [[t, round(float(o), 6), round(float(h), 6), round(float(c), 6)]
+                                for t, o, h, c in zip(stamps, options, hedge, commissions, strict=True)],
+            "price_curve": [[iso(int(data.ts_us[i])), float(m)] for i, m in zip(self.price_sample, mid, strict=True)],
+            "hedge_markers": [[iso(int(fill_us[k])), float(fill_price[k]), float(fill_qty[k])]
+                              for k in range(0, len(fill_row), marker_step)],
+            "daily": daily,
+            "final": {"hedge_shares": last["hedge_shares"],
+                      "net_delta_shares": _finite(last["net_delta_shares"]),
+                      "trading_state": str(STATES[int(last["state"])])},
+        }
+
+
 def summarise(data: TickData, params: StrategyParams, structure: Structure, execution: Execution,
               trace: Trace) -> dict[str, Any]:
-    """result.json (DESIGN §7) — every Contract key plus chartable extras; deterministic except `timing`."""
-    eq = equity_of(trace, structure)
-    n = len(data)
-    running_max = np.maximum.accumulate(eq.total)
-    drawdown = float(np.max(running_max - eq.total)) if n else 0.0
-    mid = data.mid
-    daily = _daily(data, trace, eq, mid)
-    pnl_days = np.array([d["pnl_usd"] for d in daily])
-    sharpe = None
-    if len(pnl_days) >= 2 and float(np.std(pnl_days, ddof=1)) > 0:
-        sharpe = float(np.mean(pnl_days) / np.std(pnl_days, ddof=1) * math.sqrt(252.0))
-    sample = _sample(n, EQUITY_POINTS)
-    price_sample = _sample(n, PRICE_POINTS)
-    hedges = int((trace.decision == DECISION_HEDGE).sum())
-    marker_step = max(1, math.ceil(len(trace.fill_row) / MAX_HEDGE_MARKERS))
-    blocks = _blocks(trace)
-    last = n - 1
-    return {
-        "params": params.to_dict(),
-        "params_hash": params.params_hash,
-        "ticks": n,
-        "hedges": hedges,
-        "hedged_shares": float(np.abs(trace.fill_qty).sum()),
-        "blocks": blocks,
-        "pnl_total_usd": float(eq.total[last]),
-        "pnl_options_usd": float(eq.options[last]),
-        "pnl_hedge_usd": float(eq.hedge[last]),
-        "commissions_usd": float(eq.commissions[last]),
-        "max_drawdown_usd": drawdown,
-        "sharpe": sharpe,
-        "equity_curve": [[iso(int(data.ts_us[i])), round(float(eq.total[i]), 6)] for i in sample],
-        "engine_version": ENGINE_VERSION,
-        # ---- extras for the pages and the API -------------------------------------------------------------
-        "fills": len(trace.fill_row),
-        "blocked_ticks": int((trace.decision == DECISION_BLOCKED).sum()),
-        "halted": bool((trace.state == STATE_CODE[TradingState.HALTED]).any()),
-        "first_ts": iso(int(data.ts_us[0])),
-        "last_ts": iso(int(data.ts_us[last])),
-        "start_position": structure.to_dict(),
-        "execution": execution.to_dict(),
-        "path": trace.path,
-        "pnl_split_curve": [[iso(int(data.ts_us[i])), round(float(eq.options[i]), 6), round(float(eq.hedge[i]), 6),
-                             round(float(eq.commissions[i]), 6)] for i in sample],
-        "price_curve": [[iso(int(data.ts_us[i])), float(mid[i])] for i in price_sample],
-        "hedge_markers": [[iso(int(trace.fill_us[k])), float(trace.fill_price[k]), float(trace.fill_qty[k])]
-                          for k in range(0, len(trace.fill_row), marker_step)],
-        "daily": daily,
-        "final": {"hedge_shares": float(trace.hedge_shares[last]),
-                  "net_delta_shares": _finite(float(trace.net_delta_shares[last])),
-                  "trading_state": str(STATES[int(trace.state[last])])},
-    }
+    """result.json (DESIGN §7) of a whole trace: `Summary` fed the trace as one chunk."""
+    summary = Summary(data, params, structure, execution)
+    summary.add(0, trace)
+    return summary.result()
 
 
 def write_decisions_csv(data: TickData, trace: Trace, target: str | Path | IO[str]) -> None:
@@ -626,15 +687,16 @@ def write_decisions_csv(data: TickData, trace: Trace, target: str | Path | IO[st
 @dataclass
 class BacktestOutcome:
     result: dict[str, Any]
-    trace: Trace
+    trace: Trace | None  # None unless asked for (keep_trace)
     structure: Structure
 
 
 def run_backtest(data: TickData, params: StrategyParams, *, straddles: int = DEFAULT_STRADDLES,
                  execution: Execution | None = None, path: str = "auto", halt_policy: str = HALT_POLICIES[0],
-                 progress: ProgressFn | None = None) -> BacktestOutcome:
+                 progress: ProgressFn | None = None, keep_trace: bool = True) -> BacktestOutcome:
     """Replay `data` under `params`. path: "auto" (the fast path when it supports the params, else per event),
-    "fast" (refuses params it does not support) or "per_event"; halt_policy: see HALT_POLICIES."""
+    "fast" (refuses params it does not support) or "per_event"; halt_policy: see HALT_POLICIES. Without
+    `keep_trace` the fast path summarises chunk by chunk and never holds the per-tick trace."""
     from backtests import fast
 
     if path not in ("auto", "fast", "per_event"):
@@ -645,7 +707,8 @@ def run_backtest(data: TickData, params: StrategyParams, *, straddles: int = DEF
         raise ConfigError("data", "no ticks")
     # A row without an IV keeps the last one seen: the legs are repriced at every tick at today's stock price
     # (an empty cell froze their marks while the hedge moved, and the equity with it).
-    data = data.with_changes(iv=forward_filled(data.iv))
+    if np.isnan(data.iv).any():
+        data = data.with_changes(iv=forward_filled(data.iv))
     execution = execution or Execution()
     started = timer.perf_counter()
     started_at = datetime.now(UTC)
@@ -654,11 +717,16 @@ def run_backtest(data: TickData, params: StrategyParams, *, straddles: int = DEF
     unsupported = fast.unsupported(params)
     if path == "fast" and unsupported:
         raise ConfigError(unsupported[0], f"the fast path does not support it ({unsupported[1]}); use per_event")
+    summary = Summary(data, params, structure, execution)
     if path == "per_event" or (path == "auto" and unsupported):
         trace = run_per_event(data, params, structure, execution, halt_policy=halt_policy, progress=progress)
+        summary.add(0, trace)
     else:
-        trace = fast.run_fast(data, params, structure, execution, halt_policy=halt_policy, progress=progress)
-    result = summarise(data, params, structure, execution, trace)
+        trace = fast.run_fast(data, params, structure, execution, halt_policy=halt_policy, progress=progress,
+                              on_chunk=None if keep_trace else summary.add)
+        if trace is not None:
+            summary.add(0, trace)
+    result = summary.result()
     result["halt_policy"] = halt_policy
     elapsed = timer.perf_counter() - started
     if unsupported and path == "auto":
@@ -667,5 +735,5 @@ def run_backtest(data: TickData, params: StrategyParams, *, straddles: int = DEF
                         "ticks_per_s": round(len(data) / elapsed, 1) if elapsed > 0 else None}
     if progress is not None:
         progress(1.0)
-    return BacktestOutcome(result, trace, structure)
+    return BacktestOutcome(result, trace if keep_trace else None, structure)
 

@@ -423,7 +423,7 @@ def backtest_run_execute(*, run_id: int) -> str:
         ticks = run_ticks(run)
         params = StrategyParams.from_dict(run.params)
         outcome = run_backtest(ticks, params, straddles=parse_start_position(run.start_position),
-                               path=run.path or "auto", progress=_Reporter(run.pk, run.attempt))
+                               path=run.path or "auto", progress=_Reporter(run.pk, run.attempt), keep_trace=False)
         fields = {"result": outcome.result, "progress": 100, "path": outcome.result["path"]}
     except Cancelled:
         final = RunState.CANCELLED

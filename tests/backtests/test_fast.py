@@ -54,6 +54,27 @@ def test_fast_path_matches_the_engine_with_every_guard_active_at_once():
     assert (trace.decision == DECISION_HEDGE).sum() >= 20
 
 
+def test_a_replay_in_small_chunks_summarised_without_its_trace_gives_the_engines_trace_and_result(monkeypatch):
+    """The compiled loop hands its trace over a chunk at a time; gathered, it is still the engine's, and summarised
+    chunk by chunk without ever being held whole it gives the very same result.json."""
+    from backtests import fast
+    from backtests.replay import run_backtest
+
+    data, p = everything_data(), params(**EVERYTHING)
+    monkeypatch.setattr(fast, "CHUNK_TICKS", 997)  # chunk edges fall inside days, hedges and fills
+    assert len(data) > 10 * fast.CHUNK_TICKS
+
+    slow = assert_identical(data, p, EVERYTHING_EXECUTION)
+    streamed = run_backtest(data, p, path="fast", execution=EVERYTHING_EXECUTION, straddles=10,
+                            halt_policy="resume_next_day", keep_trace=False)
+
+    assert streamed.trace is None
+    a, b = dict(slow.result), dict(streamed.result)
+    for key in ("timing", "path"):
+        a.pop(key), b.pop(key)
+    assert a == b and a["fills"] > 0 and len(a["daily"]) > 1
+
+
 def test_fast_path_matches_the_engine_with_default_params_and_no_iv_column():
     data = market(days=2, tick_s=5.0)
     data = data.with_changes(iv=np.full(len(data), math.nan))

@@ -114,11 +114,13 @@ class Command(BaseCommand):
                     done[0] = pct
 
             outcome = run_backtest(ticks, params, straddles=straddles, path=options["path"],
-                                   halt_policy=options["halt_policy"], progress=progress)
+                                   halt_policy=options["halt_policy"], progress=progress,
+                                   keep_trace=bool(options["decisions"]))
         result = outcome.result
         if options["out"]:
             Path(options["out"]).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
         if options["decisions"]:
+            assert outcome.trace is not None
             write_decisions_csv(ticks, outcome.trace, options["decisions"])
         self._report(result, options)
         if options["save"]:
