@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from trading.core.events import BrokerPosition, Contract, LegGreeks
-from trading.core.greeks import bs_greeks, expiry_instant, implied_vol, year_fraction
+from trading.core.greeks import bs_scalar, expiry_instant, implied_vol, year_fraction
 from trading.core.params import StrategyParams
 from trading.core.rules import intrinsic_value, mid_price
 
@@ -158,9 +158,10 @@ class ManagedBook:
         valid = spot > 0 and math.isfinite(spot)
         fallbacks = 0
         t_by_expiry: dict[date, float] = {}  # a straddle's two legs share one expiry
+        rate, div = params.risk_free_rate, params.dividend_yield
         for leg in self.legs.values():
             c = leg.contract
-            assert c.right is not None and c.strike is not None and c.expiry is not None
+            assert c.right in ("C", "P") and c.strike is not None and c.expiry is not None
             if leg.settled is not None:
                 continue  # expired: no delta, no gamma, no time left
             t_years = t_by_expiry.get(c.expiry)
@@ -168,14 +169,15 @@ class ManagedBook:
                 t_years = t_by_expiry[c.expiry] = year_fraction(c.expiry, now)
             iv = self._resolve_iv(leg, spot, t_years, params)
             fallbacks += leg.iv_source == "fallback"
-            g = bs_greeks(c.right, spot, c.strike, t_years, params.risk_free_rate, params.dividend_yield, iv)
-            leg.greeks = (g.price, g.delta, g.gamma, g.theta, g.vega)
+            # bs_greeks' own numbers, without its named tuple: this runs for every leg on every quote
+            leg.greeks = bs_scalar(1.0 if c.right == "C" else -1.0, spot, c.strike, t_years, rate, div, iv)
+            _, g_delta, g_gamma, g_theta, g_vega = leg.greeks
             units = leg.qty * c.multiplier
-            delta += units * g.delta
-            gamma += units * g.gamma
-            theta += units * g.theta
-            vega += units * g.vega
-            valid = valid and math.isfinite(g.delta) and math.isfinite(g.gamma)
+            delta += units * g_delta
+            gamma += units * g_gamma
+            theta += units * g_theta
+            vega += units * g_vega
+            valid = valid and math.isfinite(g_delta) and math.isfinite(g_gamma)
         return BookGreeks(delta, gamma, theta, vega, valid, fallbacks)
 
     @staticmethod
