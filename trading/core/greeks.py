@@ -10,7 +10,6 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import erfc as _erfc_np
 
 __all__ = [
     "DAYS_PER_YEAR", "IMPLIED_VOL_MAX", "SECONDS_PER_YEAR", "FloatArray", "Greeks", "GreeksArrays", "Right",
@@ -250,6 +249,14 @@ def _flatten(*args: npt.ArrayLike) -> tuple[tuple[int, ...], int, list[FloatArra
     rows = math.prod(shape)
     flat = [a if a.ndim == 0 else np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(rows) for a in arrays]
     return shape, rows, flat
+
+
+def _erfc_np(x: FloatArray) -> FloatArray:
+    """scipy's vectorised erfc, imported on first use: the engine and the compiled replay never need scipy, and
+    importing it cost every process 0.2 s at start."""
+    from scipy.special import erfc
+
+    return erfc(x)  # type: ignore[no-any-return]
 
 
 def _block(a: FloatArray, start: int, stop: int) -> FloatArray:
