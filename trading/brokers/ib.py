@@ -188,6 +188,9 @@ class IBBroker:
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.throttled = 0  # times the client library held our requests back (IB's pacing): orders waited
+        # Shared by every chain read, so two at once (a scheduled run and a manual one) still keep to the budget.
+        self._chain_pacer = Pacer(CHAIN_REQUESTS_PER_S)
+        self._chain_slots = asyncio.Semaphore(CHAIN_SNAPSHOTS_OPEN)
         if mode == "live":
             log.warning("!!! IBBroker in LIVE mode: real orders on %s:%s — BIFROST_LIVE_CONFIRM=yes !!!", host, port)
 
@@ -381,7 +384,7 @@ class IBBroker:
         hedge's orders never queue behind it."""
         self._require_connected()
         stock = await self._stock(symbol)
-        pacer = Pacer(CHAIN_REQUESTS_PER_S)
+        pacer = self._chain_pacer
         await pacer.wait()
         params = await self._request("option chain", lambda: self.ib.reqSecDefOptParamsAsync(
             symbol, "", "STK", stock.conId))
@@ -402,12 +405,18 @@ class IBBroker:
                                 multiplier=chain.multiplier, currency="USD")), lock=False)
             wanted += sorted((d.contract for d in details if d.contract.strike in near),
                              key=lambda c: (c.strike, c.right))
-        open_slots = asyncio.Semaphore(CHAIN_SNAPSHOTS_OPEN)
 
         async def quote(contract: Any) -> ChainQuote:
-            async with open_slots:
+            async with self._chain_slots:
                 await pacer.wait()
-                (ticker,) = await self._request("option quote", lambda: self.ib.reqTickersAsync(contract), lock=False)
+                try:
+                    (ticker,) = await self._request("option quote", lambda: self.ib.reqTickersAsync(contract),
+                                                    lock=False)
+                except BrokerError as exc:  # one silent strike is an option without a quote, not a failed read
+                    if not self._connected:
+                        raise
+                    log.warning("no snapshot for %s: %s", contract.localSymbol or contract.conId, exc)
+                    return ChainQuote(core_contract(contract), math.nan, math.nan)
             return ChainQuote(core_contract(ticker.contract), _or_nan(price_or_none(ticker.bid)),
                               _or_nan(price_or_none(ticker.ask)))
 

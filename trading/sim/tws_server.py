@@ -205,6 +205,7 @@ class Faults:
     drop_down_s: float = 0.0  # after such a drop, refuse new connections this long
     reject_reason: str = "simulated rejection"
     partial_next: float = 0.0  # the next order fills only this many shares and then rests open (0: off)
+    unanswered_snapshots: int = 0  # the next N snapshot requests get no answer at all
     time_skew_s: float = 0.0  # reqCurrentTime answers this far from the server's clock
 
 
@@ -490,6 +491,9 @@ class TwsServer:
             cur.skip(3)
         cur.skip()  # genericTickList: model greeks come with every option subscription anyway
         snapshot = cur.integer() == 1
+        if snapshot and self.faults.unanswered_snapshots > 0:
+            self.faults.unanswered_snapshots -= 1
+            return
         sub = _Sub(req_id, found[0], md_type)
         messages: list[list[Field]] = [[Out.MARKET_DATA_TYPE, 1, req_id, md_type]]
         if md_type == 3:
@@ -947,6 +951,8 @@ class TwsServer:
                 f.drop_down_s = float(args[1]) if len(args) > 1 else 0.0
             elif name == "partial":
                 f.partial_next = _positive_or_zero("N", number(0.0))
+            elif name == "unanswered_snapshots":
+                f.unanswered_snapshots = int(number(1))
             elif name == "skew":
                 f.time_skew_s = number(0.0)
             elif name == "silent":
@@ -1094,6 +1100,7 @@ COMMANDS = {
     "delay_exec SECONDS": "report executions SECONDS after the fill (0: at once)",
     "drop_on_order N [DOWN_S]": "the next N orders are accepted and worked, but their sender is disconnected at "
                                 "once (and new connections refused for DOWN_S)",
+    "unanswered_snapshots N": "the next N snapshot market-data requests are never answered (an illiquid strike)",
     "partial N": "the next order fills only N shares and then rests open (a later cancel leaves a partial fill); "
                  "combines with lose_exec",
     "foreign_fill SYMBOL SIDE QTY [ACCOUNT] [ORDER_REF] [CLIENT_ID]": "another API client (default 99) on this login "

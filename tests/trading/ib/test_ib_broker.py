@@ -416,6 +416,25 @@ def test_a_whole_chain_read_never_holds_a_hedge_order_in_the_client_librarys_que
     assert throttled == 0
 
 
+def test_a_strike_whose_snapshot_never_comes_is_an_option_without_a_quote_not_a_failed_chain(tws, monkeypatch):
+    monkeypatch.setattr("trading.brokers.ib.REQUEST_TIMEOUT_S", 1.0)
+    tws.command("unanswered_snapshots 1")
+
+    async def scenario():
+        broker, _ = _broker(tws)
+        await broker.connect()
+        try:
+            return await broker.option_chain("NVDA", spot=180.0, max_dte=10, strikes_each_side=1)
+        finally:
+            await broker.disconnect()
+
+    chain = run(scenario())
+
+    unpriced = [q for q in chain if math.isnan(q.bid)]
+    assert len(unpriced) == 1 and unpriced[0].contract.con_id  # named, so the strategies see it unquoted
+    assert len(chain) >= 4 and all(0 < q.bid <= q.ask for q in chain if q not in unpriced)
+
+
 def test_an_option_limit_order_of_the_commander_goes_to_its_contract_and_fills(tws):
     async def scenario():
         broker, events = _broker(tws)
