@@ -28,6 +28,13 @@ async def _until(predicate: Callable[[], object], timeout_s: float, what: str) -
     return value
 
 
+def _keeper(*, send_enabled: bool) -> Strategy:
+    """The simulated account holds 10 straddles 28-34 days out: rolling below 35 days means rolling now."""
+    return Strategy.objects.create(slug="keeper", name="keeper", kind="straddle_keeper", capital_allocation=0.2,
+                                   send_enabled=send_enabled,
+                                   params={"straddles": 10, "min_dte": 40, "max_dte": 70, "roll_dte": 35})
+
+
 def _final(run_id: int) -> CommanderRun | None:
     run = CommanderRun.objects.get(pk=run_id)
     return run if run.state in ("completed", "failed", "partial_success") else None
@@ -36,9 +43,7 @@ def _final(run_id: int) -> CommanderRun | None:
 def test_a_dry_run_through_the_daemon_plans_a_roll_and_sends_nothing_and_pause_blocks_it(tmp_path, settings):
     settings.BIFROST_JOURNAL_DIR = tmp_path
     strategy_config_create(name="base", params={}, user="t", activate=True)
-    # The simulated account holds 10 straddles 28-34 days out: rolling below 35 days means rolling now.
-    Strategy.objects.create(slug="keeper", name="keeper", kind="straddle_keeper", capital_allocation=0.2,
-                            params={"straddles": 10, "min_dte": 40, "max_dte": 70, "roll_dte": 35})
+    _keeper(send_enabled=False)
     broker = SimBroker(config=MarketConfig(), seed=7, state_path=tmp_path / "sim.json", tick_s=0.05)
     daemon = Daemon(broker, heartbeat_s=0.2, history_s=1.0)
     seen: dict[str, object] = {}
@@ -83,9 +88,7 @@ def test_a_live_run_rolls_the_straddle_adopts_the_new_legs_and_a_rerun_sends_not
     settings.BIFROST_JOURNAL_DIR = tmp_path
     settings.BIFROST_COMMANDER_LIMIT_OFFSET_USD = 2.0  # marketable: the roll fills at once in the simulator
     strategy_config_create(name="base", params={}, user="t", activate=True)
-    keeper = Strategy.objects.create(slug="keeper", name="keeper", kind="straddle_keeper", capital_allocation=0.2,
-                                     send_enabled=True,
-                                     params={"straddles": 10, "min_dte": 40, "max_dte": 70, "roll_dte": 35})
+    keeper = _keeper(send_enabled=True)
     broker = SimBroker(config=MarketConfig(), seed=7, state_path=tmp_path / "sim.json", tick_s=0.05)
     daemon = Daemon(broker, heartbeat_s=0.2, history_s=1.0)
     seen: dict[str, object] = {}
@@ -140,8 +143,7 @@ def test_a_resting_option_order_never_blocks_hedging_and_the_run_ends_partial(tm
     settings.BIFROST_COMMANDER_LIMIT_OFFSET_USD = -3.0  # buy below the bid, sell above the ask: the orders rest
     monkeypatch.setattr("trading.daemon.runtime.COMMANDER_FOLLOW_S", 2.0)
     strategy_config_create(name="fast", params={"cooldown_s": 0, "min_price_move_bps": 0}, user="t", activate=True)
-    Strategy.objects.create(slug="keeper", name="keeper", kind="straddle_keeper", capital_allocation=0.2,
-                            send_enabled=True, params={"straddles": 10, "min_dte": 40, "max_dte": 70, "roll_dte": 35})
+    _keeper(send_enabled=True)
     broker = SimBroker(config=MarketConfig(realized_vol=0.8), seed=7, state_path=tmp_path / "sim.json",
                        tick_s=0.05, speed=3000.0)
     daemon = Daemon(broker, heartbeat_s=0.2, history_s=1.0)
@@ -177,8 +179,7 @@ def test_legs_a_run_bought_are_adopted_by_the_next_daemon_when_they_fill_after_a
     settings.BIFROST_COMMANDER_LIMIT_OFFSET_USD = -3.0  # the orders rest until the test makes them marketable
     monkeypatch.setattr("trading.daemon.runtime.COMMANDER_FOLLOW_S", 1.0)
     strategy_config_create(name="base", params={}, user="t", activate=True)
-    Strategy.objects.create(slug="keeper", name="keeper", kind="straddle_keeper", capital_allocation=0.2,
-                            send_enabled=True, params={"straddles": 10, "min_dte": 40, "max_dte": 70, "roll_dte": 35})
+    _keeper(send_enabled=True)
     broker = SimBroker(config=MarketConfig(), seed=7, state_path=tmp_path / "sim.json", tick_s=0.05)
     seen: dict[str, object] = {}
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 import pytest
 from django.conf import settings
 
 from tests.trading.ib.conftest import run, wait_for
+from trading.brokers.base import ChainQuote
 from trading.brokers.ib import IBBroker, check_mode, price_or_none
 from trading.core.events import (
     BrokerStatus,
@@ -370,16 +372,21 @@ def test_a_late_execution_report_is_recovered_once_not_twice(tws):
     assert [f.order_ref for f in events.of(Fill)] == ["bifrost:L1:7"]
 
 
-def test_option_chain_lists_the_strikes_near_spot_within_the_dte_window_with_quotes(tws):
-    async def scenario():
+def _read_chain(tws, **chain: Any) -> list[ChainQuote]:
+    """One option chain read by a broker connected for it."""
+    async def scenario() -> list[ChainQuote]:
         broker, _ = _broker(tws)
         await broker.connect()
         try:
-            return await broker.option_chain("NVDA", spot=181.0, max_dte=40, strikes_each_side=2)
+            return await broker.option_chain("NVDA", **chain)
         finally:
             await broker.disconnect()
 
-    chain = run(scenario())
+    return run(scenario())
+
+
+def test_option_chain_lists_the_strikes_near_spot_within_the_dte_window_with_quotes(tws):
+    chain = _read_chain(tws, spot=181.0, max_dte=40, strikes_each_side=2)
 
     from datetime import UTC, datetime
 
@@ -420,15 +427,7 @@ def test_a_strike_whose_snapshot_never_comes_is_an_option_without_a_quote_not_a_
     monkeypatch.setattr("trading.brokers.ib.REQUEST_TIMEOUT_S", 1.0)
     tws.command("unanswered_snapshots 1")
 
-    async def scenario():
-        broker, _ = _broker(tws)
-        await broker.connect()
-        try:
-            return await broker.option_chain("NVDA", spot=180.0, max_dte=10, strikes_each_side=1)
-        finally:
-            await broker.disconnect()
-
-    chain = run(scenario())
+    chain = _read_chain(tws, spot=180.0, max_dte=10, strikes_each_side=1)
 
     unpriced = [q for q in chain if math.isnan(q.bid)]
     assert len(unpriced) == 1 and unpriced[0].contract.con_id  # named, so the strategies see it unquoted
