@@ -508,25 +508,37 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+class FillParts:
+    """The fills of a trace's chunks, copied as they come (a chunk's buffers are reused) and joined at the end."""
+
+    def __init__(self) -> None:
+        self._kept: list[list[npt.NDArray[Any]]] = [[] for _ in Trace.FILL_FIELDS]
+
+    def add(self, part: Trace) -> None:
+        for kept, name in zip(self._kept, Trace.FILL_FIELDS, strict=True):
+            kept.append(getattr(part, name).copy())
+
+    def joined(self) -> dict[str, npt.NDArray[Any]]:
+        return {name: np.concatenate(kept) for kept, name in zip(self._kept, Trace.FILL_FIELDS, strict=True)}
+
+
 class TraceParts:
     """A trace's chunks (`run_fast`'s on_chunk, in order) gathered into the whole trace."""
 
     def __init__(self, n: int) -> None:
         self._trace = Trace.empty(n)
-        self._fills: list[list[npt.NDArray[Any]]] = [[] for _ in Trace.FILL_FIELDS]
+        self._fills = FillParts()
 
     def add(self, start: int, part: Trace) -> None:
         stop = start + len(part.decision)
         for name in Trace.ROW_FIELDS:
             getattr(self._trace, name)[start:stop] = getattr(part, name)
-        for kept, name in zip(self._fills, Trace.FILL_FIELDS, strict=True):
-            kept.append(getattr(part, name).copy())
+        self._fills.add(part)
         self._trace.path = part.path
 
     def trace(self) -> Trace:
-        for kept, name in zip(self._fills, Trace.FILL_FIELDS, strict=True):
-            if kept:
-                setattr(self._trace, name, np.concatenate(kept))
+        for name, values in self._fills.joined().items():
+            setattr(self._trace, name, values)
         return self._trace
 
 
@@ -549,7 +561,7 @@ class Summary:
         self.day_ticks, self.day_hedges, self.day_blocked = (np.zeros(days, np.int64) for _ in range(3))
         self.reason_counts = np.zeros(len(GATE_REASONS), np.int64)
         self.halted = False
-        self.fills: list[list[npt.NDArray[Any]]] = [[] for _ in Trace.FILL_FIELDS]
+        self.fills = FillParts()
         self.last: dict[str, float] = {}
         self.path = ""
 
@@ -575,8 +587,7 @@ class Summary:
         masks = part.reasons[blocked]
         self.reason_counts += [int(((masks >> i) & 1).sum()) for i in range(len(GATE_REASONS))]
         self.halted = self.halted or bool((part.state == STATE_CODE[TradingState.HALTED]).any())
-        for kept, name in zip(self.fills, Trace.FILL_FIELDS, strict=True):
-            kept.append(getattr(part, name).copy())
+        self.fills.add(part)
         self.last = {"total": float(eq.total[-1]), "options": float(eq.options[-1]), "hedge": float(eq.hedge[-1]),
                      "commissions": float(eq.commissions[-1]), "hedge_shares": float(part.hedge_shares[-1]),
                      "net_delta_shares": float(part.net_delta_shares[-1]), "state": float(part.state[-1])}
@@ -598,7 +609,8 @@ class Summary:
     def result(self) -> dict[str, Any]:
         """Every Contract key plus chartable extras; deterministic except `timing` (added by the caller)."""
         data, last = self.data, self.last
-        fill_row, fill_us, _, fill_qty, fill_price, _ = (np.concatenate(kept) for kept in self.fills)
+        fills = self.fills.joined()
+        fill_row, fill_us, fill_qty, fill_price = (fills[k] for k in ("fill_row", "fill_us", "fill_qty", "fill_price"))
         daily = self._daily()
         pnl_days = np.array([d["pnl_usd"] for d in daily])
         sharpe = None
