@@ -35,6 +35,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._system import percentile  # noqa: E402
+
 TARGET_P99_MS = 2.0
 WARMUP_ROUNDS = 30
 MOVE_FRAC = 0.015
@@ -233,14 +235,14 @@ def report(lib: str, result: dict[str, Any]) -> bool:
         print(f"{lib}: no hedge order came back ({result['missed']} rounds missed)")
         return False
     p50 = statistics.median(lat)
-    p99 = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
+    p99 = percentile(lat, 99)
     ok = p99 <= TARGET_P99_MS
     print(f"{lib:26s} quote→order over loopback: n={len(lat)} p50={p50:.3f} ms p99={p99:.3f} ms "
           f"max={lat[-1]:.3f} ms mean={statistics.fmean(lat):.3f} ms missed={result['missed']}  "
           f"target p99 ≤ {TARGET_P99_MS:g} ms: {'met' if ok else 'MISSED'}")
-    engine = sorted(result.get("engine_us", []))
+    engine = result.get("engine_us", [])
     if engine:
-        e99 = engine[min(len(engine) - 1, int(round(0.99 * (len(engine) - 1))))]
+        e99 = percentile(engine, 99)
         # Every quote here moves the stock 1.5 % and decides a hedge: compare with and without --commander; the
         # 50 µs target is for a session's quote stream (bench/engine_latency.py), mostly quotes that decide nothing.
         print(f"{'':26s} Engine.on_event(Quote) in that client, each deciding a hedge: n={len(engine)} "
