@@ -66,6 +66,7 @@ CLOCK_SKEW_MAX_S = 2.0  # IB's clock comes in whole seconds: anything within thi
 ORDER_REF_PREFIX = "bifrost:"
 FOREIGN_MEMORY = 10_000
 COMMANDER_FOLLOW_S = 30.0  # how long a live commander run follows its limit orders before recording them
+COMMANDER_FENCE_WAIT_S = 10.0  # how long a commander order waits for an unconfirmed lease to be confirmed again
 # The shutdown budget: SIGTERM to exit in under a second, whatever the broker or the database do.
 SHUTDOWN_CANCEL_S = 0.2
 SHUTDOWN_FLUSH_S = 0.4
@@ -683,6 +684,8 @@ class Daemon:
             contract = commander.contract_from_json(order["contract"])
             place = PlaceOrder(ref, contract.symbol, order["action"], float(order["qty"]), "limit",
                                order["limit_price_usd"], intent="commander", contract=contract)
+            if not (engine.paused or engine.halt_reason):
+                await self._lease_confirmed_within(COMMANDER_FENCE_WAIT_S)
             why = "paused" if engine.paused else ("risk halt" if engine.halt_reason else self._why_not_send(place))
             if why:
                 outcomes[ref] = f"not sent: {why}"
@@ -713,6 +716,13 @@ class Daemon:
         await self._refresh_positions()  # the legs it bought are adopted, the ones it sold go to 0
         return await self._control_db(commander.commander_orders_update)(run_id=run.pk, outcomes=outcomes,
                                                                          final=True, now=self.clock())
+
+    async def _lease_confirmed_within(self, timeout_s: float) -> None:
+        """An option order is in no hurry: a renewal the database was slow to confirm closes the fence for a
+        heartbeat or two, and the order waits for it to open again rather than fail its run over a hiccup."""
+        deadline = time.monotonic() + timeout_s
+        while not (self.lease_fresh() or self.lease_lost or self.stop_requested or time.monotonic() > deadline):
+            await self._sleep(self.heartbeat_s / 4)
 
     def _commanders(self, item: OpenOrder | CompletedOrder | Fill) -> bool:
         """One of the commander's option orders in this account: followed by its run, never the hedger's."""

@@ -4,11 +4,14 @@ sends the broker nothing, and the persisted pause blocks a run."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 
 import pytest
+from django.db import OperationalError
 
+from trading import services
 from trading.brokers.sim import SimBroker
 from trading.commander import commander_request
 from trading.daemon.runtime import Daemon
@@ -210,4 +213,51 @@ def test_legs_a_run_bought_are_adopted_by_the_next_daemon_when_they_fill_after_a
     adopted = Operation.objects.filter(kind="leg_adopted", message__contains="(commander run #")
     assert adopted.count() == 2
     assert set(ManagedLeg.objects.filter(active=True).values_list("con_id", flat=True)) >= seen["bought"]
+    assert seen["exit"] == 0
+
+
+def test_an_option_order_waits_for_a_lease_the_database_was_slow_to_confirm_instead_of_failing_its_run(
+        tmp_path, settings, monkeypatch):
+    settings.BIFROST_JOURNAL_DIR = tmp_path
+    settings.BIFROST_COMMANDER_LIMIT_OFFSET_USD = 2.0  # marketable: the roll fills at once once it is sent
+    strategy_config_create(name="base", params={}, user="t", activate=True)
+    _keeper(send_enabled=True)
+    unconfirmed = threading.Event()
+    renew = services.lease_renew
+
+    def flaky_renew(**kwargs: object) -> bool:
+        if unconfirmed.is_set():
+            raise OperationalError("injected: the renewal was not confirmed")
+        return renew(**kwargs)
+
+    monkeypatch.setattr(services, "lease_renew", flaky_renew)
+    broker = SimBroker(config=MarketConfig(), seed=7, state_path=tmp_path / "sim.json", tick_s=0.05)
+    daemon = Daemon(broker, heartbeat_s=0.2, history_s=1.0)
+    seen: dict[str, object] = {}
+
+    def planned(run_id: int) -> CommanderRun | None:
+        run = CommanderRun.objects.get(pk=run_id)
+        return run if run.orders else None
+
+    async def scenario() -> None:
+        task = asyncio.get_running_loop().create_task(daemon.run())
+        await _until(lambda: daemon.engine is not None and daemon.engine.mid is not None
+                     and daemon.engine.book.legs, 30, "a running daemon with its legs")
+        unconfirmed.set()
+        await _until(lambda: not daemon.lease_fresh(), 10, "the fence to close")
+        run = await asyncio.to_thread(commander_request, dry_run=False, user="op")
+        seen["planned"] = await _until(lambda: planned(run.pk), 30, "the run's planned orders")
+        seen["sent_while_closed"] = [r for r in broker.sent_refs() if ":cmd:" in r]
+        unconfirmed.clear()  # the database confirms the next renewal: the fence opens, the orders go
+        seen["run"] = await _until(lambda: _final(run.pk), 30, "the run")
+        daemon.request_stop("test done")
+        seen["exit"] = await task
+
+    asyncio.run(scenario())
+
+    planned_run, run = seen["planned"], seen["run"]
+    assert isinstance(planned_run, CommanderRun) and isinstance(run, CommanderRun)
+    assert planned_run.state == "running" and seen["sent_while_closed"] == []
+    assert run.state == "completed", run.summary
+    assert [o["outcome"] for o in run.orders] == ["filled 10"] * 4
     assert seen["exit"] == 0
