@@ -324,12 +324,12 @@ def _option_quote(legs: np.ndarray, k: int, mid: float, t: float, pf: np.ndarray
 def _kernel(i0: int, i1: int, ts: np.ndarray, bid: np.ndarray, ask: np.ndarray, iv: np.ndarray, pf: np.ndarray,
             pi: np.ndarray, bounds: np.ndarray, blackout: np.ndarray, opens: np.ndarray, closes: np.ndarray,
             fs: np.ndarray, ist: np.ndarray, hold: np.ndarray, legs: np.ndarray, out_f: np.ndarray,
-            out_i: np.ndarray, fill_i: np.ndarray, fill_f: np.ndarray) -> None:
+            out_i: np.ndarray, fill_i: np.ndarray, fill_f: np.ndarray, dec_f: np.ndarray,
+            dec_i: np.ndarray) -> None:
     """Ticks i0..i1: each tick's events in order, each followed by the engine's evaluation, then the trace row
-    (row i - i0 of the chunk's trace buffers; fills from row 0 of theirs)."""
+    (row i - i0 of the chunk's trace buffers; fills from row 0 of theirs; dec_f/dec_i the decision of the tick
+    being replayed). It allocates nothing: every array is the caller's."""
     n = ts.shape[0]
-    dec_f = np.zeros(3)
-    dec_i = np.zeros(2, dtype=np.int64)
     for i in range(i0, i1):
         ist[I_DECIDED] = 0
         has_iv = not math.isnan(iv[i])
@@ -409,7 +409,7 @@ def compiled_kernel() -> Callable[..., Any]:
     """`_kernel` and everything it calls, compiled once per process (from the source-hashed cache when warm)."""
     global _compiled_kernel
     if _compiled_kernel is None:
-        _compiled_kernel = jit.compiled(_kernel)
+        _compiled_kernel = jit.compiled(_kernel, allocates=False)
     return _compiled_kernel
 
 
@@ -495,6 +495,8 @@ def run_fast(data: TickData, params: StrategyParams, structure: Structure, execu
     out_i = np.zeros((N_OI, size), dtype=np.int64)
     fill_i = np.zeros((size + 1, 3), dtype=np.int64)  # a tick has one fill at most
     fill_f = np.zeros((size + 1, 3))
+    dec_f = np.zeros(3)
+    dec_i = np.zeros(2, dtype=np.int64)
     iv = np.ascontiguousarray(data.iv, dtype=np.float64)
     bid = np.ascontiguousarray(data.bid, dtype=np.float64)
     ask = np.ascontiguousarray(data.ask, dtype=np.float64)
@@ -503,7 +505,7 @@ def run_fast(data: TickData, params: StrategyParams, structure: Structure, execu
         stop = min(start + CHUNK_TICKS, n)
         ist[I_NFILLS] = 0
         kernel(start, stop, ts, bid, ask, iv, pf, pi, bounds, blackout, opens, closes, fs, ist, hold, legs, out_f,
-               out_i, fill_i, fill_f)
+               out_i, fill_i, fill_f, dec_f, dec_i)
         rows, k = stop - start, int(ist[I_NFILLS])
         part = Trace(
             decision=out_i[OI_DECISION, :rows].astype(np.int8), reasons=out_i[OI_REASONS, :rows],

@@ -63,16 +63,22 @@ def _modules_reached(functions: list[types.FunctionType]) -> set[str]:
     return seen
 
 
-def source_hash(functions: list[types.FunctionType]) -> str:
-    digest = hashlib.sha256(f"numba {numba.__version__} python {sys.version}".encode())
+def source_hash(functions: list[types.FunctionType], *flags: str) -> str:
+    digest = hashlib.sha256(f"numba {numba.__version__} python {sys.version} {flags}".encode())
     for module_name in sorted(_modules_reached(functions)):
         digest.update(module_name.encode())
         digest.update(inspect.getsource(sys.modules[module_name]).encode())
     return digest.hexdigest()[:16]
 
 
-def compiled(entry: Callable[..., Any], cache_root: Path = CACHE_ROOT) -> Callable[..., Any]:
-    """The numba-compiled `entry`, calling compiled copies of the functions of ours it uses."""
+def compiled(entry: Callable[..., Any], cache_root: Path = CACHE_ROOT, *,
+             allocates: bool = True) -> Callable[..., Any]:
+    """The numba-compiled `entry`, calling compiled copies of the functions of ours it uses.
+
+    `allocates=False` (nothing it runs creates an array: they all come from the caller) compiles without
+    numba's reference counting, whose atomic increments and decrements around every array handed from one inlined
+    helper to the next took three quarters of the replay kernel's time; code that does allocate then fails to
+    compile rather than run wrong."""
     assert isinstance(entry, types.FunctionType)
     functions = _closure(entry)
     namespaces: dict[str, dict[str, Any]] = {}  # one rewired copy of each module's globals
@@ -83,11 +89,13 @@ def compiled(entry: Callable[..., Any], cache_root: Path = CACHE_ROOT) -> Callab
         clone.__module__, clone.__qualname__ = fn.__module__, fn.__qualname__
         clones[id(fn)] = clone
     saved = numba_config.CACHE_DIR
-    numba_config.CACHE_DIR = str(cache_root / source_hash(functions))  # read as each dispatcher is made
+    flags = () if allocates else ("no refcounts",)  # numba's own cache index does not tell them apart
+    numba_config.CACHE_DIR = str(cache_root / source_hash(functions, *flags))  # read as each dispatcher is made
     try:
         # Every helper is inlined into the entry at numba's IR level: its calls then cost nothing and the
         # state arrays' loads and stores are optimised across them (~1.6x on the replay's kernel).
-        jitted = {key: numba.njit(cache=True, inline="never" if key == id(entry) else "always")(clone)
+        jitted = {key: numba.njit(cache=True, inline="never" if key == id(entry) else "always",
+                                  _nrt=allocates)(clone)
                   for key, clone in clones.items()}
     finally:
         numba_config.CACHE_DIR = saved

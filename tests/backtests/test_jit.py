@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
+import pytest
+from numba.core.errors import NumbaError
+
 from backtests import fast, jit
 from trading.core import fsm, greeks, rules
 
@@ -44,3 +48,17 @@ def test_a_compiled_rule_gives_the_python_answer():
 
     assert compiled(-1234.4, 0.0, 500.0, 2000.0) == rules.size_hedge(-1234.4, 0.0, 500.0, 2000.0) == (1234.0, 500.0)
     assert jit.compiled(greeks.years_to)(86_400.0 * 365.0, 0.0) == 1.0
+
+
+def _allocates(n: int) -> np.ndarray:
+    return np.zeros(n)
+
+
+def test_the_kernel_runs_without_refcounts_and_code_that_allocates_there_is_refused_not_run(tmp_path):
+    assert fast.compiled_kernel().targetoptions["_nrt"] is False  # three quarters of its time went on refcounts
+    functions = jit._closure(fast._kernel)
+    assert jit.source_hash(functions) != jit.source_hash(functions, "no refcounts")  # never one another's cache
+
+    with pytest.raises(NumbaError, match="zeros"):
+        jit.compiled(_allocates, tmp_path, allocates=False)(3)
+    assert list(jit.compiled(_allocates, tmp_path)(3)) == [0.0] * 3
