@@ -51,7 +51,8 @@ if _env_bool("BIFROST_TRUST_PROXY_SSL", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
-    "daphne",
+    # Not "daphne": `run_web` starts daphne's own CLI, and the app would import twisted into every command (140 ms
+    # of each backtest's and each CLI call's start-up) only to serve `runserver`, which Bifrost does not use.
     # The admin is discovered by the URL map (bifrost/urls.py), so commands that serve no page (a backtest, the
     # daemon) skip importing every admin module at start-up.
     "django.contrib.admin.apps.SimpleAdminConfig",
