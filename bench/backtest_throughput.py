@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import subprocess
 import sys
@@ -37,21 +36,12 @@ sys.path.insert(0, str(ROOT))
 from backtests import fast  # noqa: E402
 from backtests.data import SyntheticSpec, TickData, generate  # noqa: E402
 from backtests.replay import Execution, build_structure, run_backtest, run_per_event  # noqa: E402
+from bench._system import best_of  # noqa: E402
 from trading.core.params import StrategyParams  # noqa: E402
 
 TARGET_TICKS_PER_S = 1_000_000
 TARGET_KERNEL_TICKS_PER_S = 10_000_000
 ANCHOR_PACKAGES = {"backtrader": "backtrader==1.9.78.123", "nautilus_trader": "nautilus_trader==1.221.0"}
-
-
-def best_of(runs: int, fn):  # type: ignore[no-untyped-def]
-    best = math.inf
-    out = None
-    for _ in range(runs):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
 
 
 def bench_fast(data: TickData, params: StrategyParams) -> tuple[float, dict]:

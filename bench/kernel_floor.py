@@ -1,5 +1,5 @@
-"""The pricing floor under the backtest kernel: why 10M ticks/s (100 ns a tick) and identical decisions exclude
-each other on this data.
+"""How much of the backtest kernel's time is the Black-Scholes pricing its decisions need, and how much the rest:
+what stands between it and 10M ticks/s (100 ns a tick) with decisions identical to the engine's.
 
 Run from the repository root:  .venv/bin/python bench/kernel_floor.py [--days 20]
 
@@ -7,7 +7,7 @@ A tick with an IV column is three engine events: the stock quote, then the call'
 Before it decides after each, the engine prices every leg whose inputs changed (`ManagedBook.compute_greeks`): the
 stock quote moves the spot under both legs (still at their previous IV), each option quote brings its leg a new
 IV. The decision after each event reads the delta those prices give, so the kernel must make the same
-evaluations to make the same decisions — up to four Black-Scholes calls a tick.
+evaluations to make the same decisions: up to four Black-Scholes calls a tick (two when the IV holds still).
 
 This script replays exactly those calls (the compiled `bs_scalar` the kernel runs, with the kernel's own
 skip-when-unchanged rule) over the throughput bench's data, and times them next to the kernel itself, best of 5.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from backtests import fast, jit  # noqa: E402
 from backtests.data import SyntheticSpec, generate  # noqa: E402
 from backtests.replay import Execution, build_structure  # noqa: E402
+from bench._system import best_of  # noqa: E402
 from trading.core.greeks import bs_scalar, expiry_instant, years_to  # noqa: E402
 from trading.core.params import StrategyParams  # noqa: E402
 from trading.core.rules import mid_price  # noqa: E402
@@ -57,15 +57,6 @@ def pricing(ts: np.ndarray, bid: np.ndarray, ask: np.ndarray, iv: np.ndarray, st
                 calls += 1
                 checksum += price + delta + gamma
     return calls, checksum
-
-
-def best_of(runs: int, fn):  # type: ignore[no-untyped-def]
-    best, out = math.inf, None
-    for _ in range(runs):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
 
 
 def main() -> None:
