@@ -10,8 +10,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-import exchange_calendars as xcals
-
 from trading.errors import ConfigError
 
 ET = ZoneInfo("America/New_York")
@@ -58,7 +56,7 @@ class MarketCalendar(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class _Sessions:
+class SessionTable:
     """One exchange's sessions over [FIRST_DAY, LAST_DAY] as plain floats (POSIX seconds), built once."""
 
     # Open intervals [opens[i], closes[i]), sorted and disjoint; a session with a lunch break is two.
@@ -81,8 +79,24 @@ class _Sessions:
         return lo, hi, False
 
 
-# Exchange name -> its sessions, or the reason it cannot be used. Building one costs ~0.1 s of pandas.
-_SESSIONS: dict[str, _Sessions | str] = {}
+class SessionStore(Protocol):
+    """Keeps built session tables between processes: building one imports exchange_calendars and pandas and
+    costs 0.3-0.8 s, which every backtest, CLI call and daemon start would pay again (`trading.calendar_store`)."""
+
+    def load(self, exchange: str) -> SessionTable | None: ...
+
+    def save(self, exchange: str, table: SessionTable) -> None: ...
+
+
+# Exchange name -> its sessions, or the reason it cannot be used.
+_SESSIONS: dict[str, SessionTable | str] = {}
+_store: SessionStore | None = None
+
+
+def use_session_store(store: SessionStore | None) -> None:
+    """Where session tables are kept between processes (None: built in every process)."""
+    global _store
+    _store = store
 
 
 _NAT_NS = -(2**63)  # how pandas spells NaT (no lunch break) in int64 nanoseconds
@@ -92,7 +106,9 @@ def _seconds(nanoseconds: list[int]) -> list[float]:
     return [math.nan if ns == _NAT_NS else ns / 1e9 for ns in nanoseconds]
 
 
-def _build(exchange: str) -> _Sessions:
+def _build(exchange: str) -> SessionTable:
+    import exchange_calendars as xcals  # with pandas, 0.2-0.4 s of import: only when no store has the table
+
     with warnings.catch_warnings():
         # exchange_calendars trips pandas' own deprecation warnings; nothing an operator can act on.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -117,14 +133,20 @@ def _build(exchange: str) -> _Sessions:
     zone = ZoneInfo(str(cal.tz))
     lo = datetime.combine(FIRST_DAY, time(), zone).timestamp()
     hi = datetime.combine(LAST_DAY + timedelta(days=1), time(), zone).timestamp()
-    return _Sessions(opens=opens, closes=closes, by_day=by_day, lo=lo, hi=hi)
+    return SessionTable(opens=opens, closes=closes, by_day=by_day, lo=lo, hi=hi)
 
 
-def _sessions(exchange: str) -> _Sessions | str:
+def _sessions(exchange: str) -> SessionTable | str:
     cached = _SESSIONS.get(exchange)
+    if cached is None and _store is not None:
+        cached = _store.load(exchange)
     if cached is None:
+        import exchange_calendars as xcals
+
         try:
             cached = _build(exchange)
+            if _store is not None:
+                _store.save(exchange, cached)
         except xcals.errors.InvalidCalendarName:
             cached = "unknown exchange (not an exchange_calendars name such as 'XNYS')"
         except (xcals.errors.CalendarError, ValueError, NotImplementedError) as exc:
