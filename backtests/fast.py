@@ -410,14 +410,18 @@ def _row(i: int, fs: np.ndarray, ist: np.ndarray, hold: np.ndarray, pf: np.ndarr
     out_i[OI_STATE, i] = ist[I_STATE]
 
 
+# `_kernel`'s arguments as `run_fast` passes them: C-contiguous int64 (i8), float64 (f8) and bool (b1) arrays.
+KERNEL_SIGNATURE = ("void(i8, i8, i8[::1], f8[::1], f8[::1], f8[::1], f8[::1], i8[::1], i8[::1], b1[::1], f8[::1], "
+                    "f8[::1], f8[::1], i8[::1], f8[:, ::1], f8[:, ::1], f8[:, ::1], i8[:, ::1], i8[:, ::1], "
+                    "f8[:, ::1], f8[::1], i8[::1])")
 _compiled_kernel: Callable[..., Any] | None = None
 
 
 def compiled_kernel() -> Callable[..., Any]:
-    """`_kernel` and everything it calls, compiled once per process (from the source-hashed cache when warm)."""
+    """`_kernel` and everything it calls, built once per source into a native module, imported once per process."""
     global _compiled_kernel
     if _compiled_kernel is None:
-        _compiled_kernel = jit.compiled(_kernel, allocates=False)
+        _compiled_kernel = jit.native(_kernel, KERNEL_SIGNATURE)
     return _compiled_kernel
 
 
