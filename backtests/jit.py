@@ -19,6 +19,7 @@ import importlib.machinery
 import importlib.util
 import inspect
 import logging
+import platform
 import re
 import shutil
 import sys
@@ -136,7 +137,7 @@ def native(entry: Callable[..., Any], signature: str, cache_root: Path = CACHE_R
     fails to build). Built once per source hash, by whichever process first needs it; imported by every other
     without numba. Without a C compiler, the just-in-time `compiled` runs it instead (and says so)."""
     assert isinstance(entry, types.FunctionType)
-    digest = source_hash(_closure(entry), "native", signature)
+    digest = source_hash(_closure(entry), "native", signature, _host_cpu())
     name = f"{entry.__name__.strip('_')}_{digest}"  # one module per source: versions never meet in sys.modules
     path = cache_root / digest / f"{name}{sysconfig.get_config_var('EXT_SUFFIX')}"
     if not path.is_file():
@@ -181,6 +182,17 @@ def _checked(function: Callable[..., Any], signature: str) -> Callable[..., Any]
         return function(*args)
 
     return call
+
+
+def _host_cpu() -> str:
+    """The machine and its instruction set extensions: a module built for this CPU must never run on another
+    (a copied var/ would crash on an instruction the other lacks), so they are part of its key."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return f"{platform.machine()} {flags.strip()}"
 
 
 def _can_build_extensions() -> bool:

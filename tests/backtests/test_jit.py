@@ -109,3 +109,15 @@ def test_without_a_c_compiler_a_native_function_runs_just_in_time_and_says_so(tm
     assert list(out) == [2.0, 2.0]
     assert "runs just in time" in caplog.text
     assert not list(tmp_path.rglob("*.so"))
+
+
+def test_a_native_module_is_kept_per_cpu_and_never_loaded_on_another(tmp_path, monkeypatch):
+    jit.native(_fills, "void(f8[::1], f8)", tmp_path)
+    monkeypatch.setattr(jit, "_host_cpu", lambda: "x86_64 flags: an older cpu without avx2")
+
+    fills = jit.native(_fills, "void(f8[::1], f8)", tmp_path)  # built again for this one, not loaded
+
+    out = np.zeros(1)
+    fills(out, 0.0)
+    assert out[0] == 1.0
+    assert len(list(tmp_path.rglob("*.so"))) == 2
