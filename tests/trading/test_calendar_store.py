@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 
+import exchange_calendars
 import pytest
 
 from backtests.data import write_ticks_csv
@@ -42,16 +43,17 @@ def test_a_process_builds_the_table_once_and_the_next_reads_it_without_building(
     built = calendar._sessions("XNYS")
 
     calendar._SESSIONS.clear()  # as in the next process
-    monkeypatch.setattr(calendar, "_build", lambda exchange: pytest.fail("built again despite the store"))
+    monkeypatch.setattr(exchange_calendars, "get_calendar", lambda *a, **k: pytest.fail("built again despite the store"))
 
     assert calendar._sessions("XNYS") == built
     assert TradingCalendar("XNYS").is_open(datetime(2025, 6, 3, 14, 0, tzinfo=UTC))  # 10:00 ET, a Tuesday
 
 
-def test_an_unreadable_file_is_rebuilt_and_replaced(tmp_path, fresh_tables, caplog):
+@pytest.mark.parametrize("content", [b"PK\x03\x04 torn by a full disk", b""], ids=["torn", "empty"])
+def test_an_unreadable_file_is_rebuilt_and_replaced(tmp_path, fresh_tables, caplog, content):
     store = FileSessionStore(tmp_path)
     store.path("XNYS").parent.mkdir(parents=True, exist_ok=True)
-    store.path("XNYS").write_bytes(b"PK\x03\x04 torn by a full disk")
+    store.path("XNYS").write_bytes(content)
     calendar.use_session_store(store)
 
     with caplog.at_level(logging.WARNING, logger="trading.calendar_store"):
@@ -62,13 +64,33 @@ def test_an_unreadable_file_is_rebuilt_and_replaced(tmp_path, fresh_tables, capl
     assert store.load("XNYS") == found  # the rebuilt table replaced the torn file
 
 
-def test_another_version_of_exchange_calendars_never_reads_an_old_table(tmp_path, monkeypatch):
+def test_another_exchange_calendars_time_zone_database_or_builder_never_reads_an_old_table(tmp_path, monkeypatch):
     store = FileSessionStore(tmp_path)
     before = store.path("XNYS")
+    real_version = calendar_store.version
 
-    monkeypatch.setattr(calendar_store, "version", lambda name: "99.0" if name == "exchange_calendars" else "1.0")
-
+    monkeypatch.setattr(calendar_store, "version",
+                        lambda name: "99.0" if name == "exchange_calendars" else real_version(name))
     assert store.path("XNYS") != before
+    monkeypatch.undo()
+
+    monkeypatch.setattr(calendar_store, "_tz_rules", lambda: "# version 2099a")
+    assert store.path("XNYS") != before
+    monkeypatch.undo()
+
+    def fixed_build(exchange):  # a fix to how tables are built
+        return None
+
+    monkeypatch.setattr(calendar, "_build", fixed_build)
+    assert store.path("XNYS") != before
+
+
+def test_a_kept_table_is_readable_by_other_users(tmp_path):
+    store = FileSessionStore(tmp_path)
+
+    store.save("XNYS", calendar._build("XNYS"))
+
+    assert store.path("XNYS").stat().st_mode & 0o777 == 0o644
 
 
 def test_a_store_that_cannot_be_written_costs_speed_not_the_answer(tmp_path, fresh_tables, caplog):
