@@ -9,16 +9,16 @@ originals are untouched: the engine keeps calling them as Python.
   the scipy.linalg it pulls in cost a backtest 0.5-1 s of start-up. The replay kernel runs this way.
 - `compiled(entry)`: numba's own just-in-time dispatcher, typed at the first call (tests, benchmarks).
 
-The machine code is kept on disk under a hash of the source of every module it was compiled from, plus the numba
-and Python versions: change any rule and the cache moves, so stale code can never run.
+The machine code is kept on disk under a hash of the code it was compiled from, as loaded, and of every constant it
+reads, plus the numba, numpy and Python versions: change any rule and the cache moves, so stale code never runs.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.machinery
 import importlib.util
-import inspect
 import logging
+import os
 import platform
 import re
 import shutil
@@ -44,6 +44,15 @@ def _ours(value: object) -> bool:
     return isinstance(value, types.FunctionType) and value.__module__.startswith(OUR_PACKAGES)
 
 
+def _global_names(code: types.CodeType) -> set[str]:
+    """The names `code` may read from its globals, nested code objects (comprehensions) included."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
 def _closure(entry: types.FunctionType) -> list[types.FunctionType]:
     """`entry` and every function of ours it reaches through its global names, in discovery order."""
     found: dict[int, types.FunctionType] = {}
@@ -53,36 +62,44 @@ def _closure(entry: types.FunctionType) -> list[types.FunctionType]:
         if id(fn) in found:
             continue
         found[id(fn)] = fn
-        names = set(fn.__code__.co_names)
-        for const in fn.__code__.co_consts:  # nested code objects (comprehensions) use globals too
-            if isinstance(const, types.CodeType):
-                names |= set(const.co_names)
-        todo += [v for name in names if _ours(v := fn.__globals__.get(name))]
+        todo += [v for name in _global_names(fn.__code__) if _ours(v := fn.__globals__.get(name))]
     return list(found.values())
 
 
-def _modules_reached(functions: list[types.FunctionType]) -> set[str]:
-    """The modules of ours the functions live in and, transitively, those they import from: a constant compiled
-    in (a transition array built from `fsm`) is only as fresh as the module it was built from."""
-    seen: set[str] = set()
-    todo = [fn.__module__ for fn in functions]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for value in vars(sys.modules[name]).values():
-            origin = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
-            if isinstance(origin, str) and (origin + ".").startswith(OUR_PACKAGES) and origin in sys.modules:
-                todo.append(origin)
-    return seen
+def _value_digest(value: object) -> bytes:
+    """A value as compiled in, the same in every process: an array by its bytes, a function or module by its name
+    (a function of ours is hashed by its own code), a set in sorted order (string hashes vary between processes)."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype}{value.shape}".encode() + value.tobytes()
+    if isinstance(value, types.ModuleType):
+        return value.__name__.encode()
+    if isinstance(value, type) or callable(value):
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__name__)}".encode()
+    if isinstance(value, set | frozenset):
+        return repr(sorted(repr(v) for v in value)).encode()
+    return repr(value).encode()
 
 
-def source_hash(functions: list[types.FunctionType], *flags: str) -> str:
-    digest = hashlib.sha256(f"numba {version('numba')} python {sys.version} {flags}".encode())
-    for module_name in sorted(_modules_reached(functions)):
-        digest.update(module_name.encode())
-        digest.update(inspect.getsource(sys.modules[module_name]).encode())
+def _code_digest(code: types.CodeType) -> bytes:
+    """Bytecode, names and constants (nested code too), without line numbers: what runs, not where it was written."""
+    parts = [code.co_code, repr((code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars,
+                                 code.co_argcount, code.co_kwonlyargcount, code.co_flags)).encode()]
+    parts += [_code_digest(c) if isinstance(c, types.CodeType) else _value_digest(c) for c in code.co_consts]
+    return b"\0".join(parts)
+
+
+def code_hash(functions: list[types.FunctionType], *flags: str) -> str:
+    """The key of the machine code compiled from `functions`: their code as this process loaded it (not their
+    files: a worker whose files changed under it must not file its old code under the new source's key), the value
+    of every global name they read (the transition array built from `fsm`, the reason bits), and the versions of
+    numba, numpy and Python."""
+    digest = hashlib.sha256(f"numba {version('numba')} numpy {version('numpy')} python {sys.version} {flags}".encode())
+    for fn in sorted(functions, key=lambda f: (f.__module__, f.__qualname__)):
+        digest.update(f"{fn.__module__}.{fn.__qualname__} {fn.__defaults__!r}".encode())
+        digest.update(_code_digest(fn.__code__))
+        for name in sorted(_global_names(fn.__code__)):
+            if name in fn.__globals__:
+                digest.update(name.encode() + b"=" + _value_digest(fn.__globals__[name]))
     return digest.hexdigest()[:16]
 
 
@@ -123,7 +140,7 @@ def compiled(entry: Callable[..., Any], cache_root: Path = CACHE_ROOT, *,
     assert isinstance(entry, types.FunctionType)
     flags = () if allocates else ("no refcounts",)  # numba's own cache index does not tell them apart
     saved = numba_config.CACHE_DIR
-    numba_config.CACHE_DIR = str(cache_root / source_hash(_closure(entry), *flags))  # read as each dispatcher is made
+    numba_config.CACHE_DIR = str(cache_root / code_hash(_closure(entry), *flags))  # read as each dispatcher is made
     try:
         clone, _ = _rewired(entry, allocates)
         return numba.njit(cache=True, _nrt=allocates)(clone)
@@ -134,17 +151,45 @@ def compiled(entry: Callable[..., Any], cache_root: Path = CACHE_ROOT, *,
 def native(entry: Callable[..., Any], signature: str, cache_root: Path = CACHE_ROOT) -> Callable[..., Any]:
     """`entry` as a function of a native extension module built ahead of time for `signature` (numba's types,
     e.g. "void(i8, f8[::1])"), without reference counting: nothing it runs may create an array (code that does
-    fails to build). Built once per source hash, by whichever process first needs it; imported by every other
-    without numba. Without a C compiler, the just-in-time `compiled` runs it instead (and says so)."""
+    fails to build). Built once per code hash, by whichever process first needs it; imported by every other
+    without numba. A module that does not load (a file cut short) is built again once. Where none can be built
+    (no C compiler, no Python headers, a build that fails), the just-in-time `compiled` runs it instead, and says
+    so; code numba refuses is refused either way."""
     assert isinstance(entry, types.FunctionType)
-    digest = source_hash(_closure(entry), "native", signature, _host_cpu())
-    name = f"{entry.__name__.strip('_')}_{digest}"  # one module per source: versions never meet in sys.modules
+    arguments = _arguments(signature)
+    digest = code_hash(_closure(entry), "native", signature, platform.machine())
+    name = f"{entry.__name__.strip('_')}_{digest}"  # one module per code hash: versions never meet in sys.modules
     path = cache_root / digest / f"{name}{sysconfig.get_config_var('EXT_SUFFIX')}"
-    if not path.is_file():
-        if not _can_build_extensions():
-            log.warning("no C compiler or Python headers: %s runs just in time instead of natively", entry.__name__)
-            return compiled(entry, cache_root, allocates=False)
+    for attempt in ("first", "again"):
+        if not path.is_file() and not _built(entry, signature, name, path):
+            break
+        try:
+            return _checked(getattr(_load(name, path), entry.__name__), arguments)
+        except ImportError as exc:
+            log.warning("native %s does not load (%s): %s", entry.__name__, exc,
+                        "building it again" if attempt == "first" else "running it just in time")
+            path.unlink(missing_ok=True)
+    return compiled(entry, cache_root, allocates=False)
+
+
+def _built(entry: types.FunctionType, signature: str, name: str, path: Path) -> bool:
+    """Builds the module at `path`; False (and a warning) when this machine cannot."""
+    if not _can_build_extensions():
+        log.warning("no C compiler or Python headers: %s runs just in time instead of natively", entry.__name__)
+        return False
+    try:
         _build_native(entry, signature, name, path)
+    except Exception as exc:  # noqa: BLE001  (the toolchain's errors have no common class)
+        from numba.core.errors import NumbaError
+
+        if isinstance(exc, NumbaError):  # the code is wrong, not the machine: the just-in-time build refuses it too
+            raise
+        log.warning("cannot build native %s (%s: %s): it runs just in time", entry.__name__, type(exc).__name__, exc)
+        return False
+    return True
+
+
+def _load(name: str, path: Path) -> types.ModuleType:
     found = sys.modules.get(name)
     if found is None:
         loader = importlib.machinery.ExtensionFileLoader(name, str(path))
@@ -153,50 +198,56 @@ def native(entry: Callable[..., Any], signature: str, cache_root: Path = CACHE_R
         found = importlib.util.module_from_spec(spec)
         loader.exec_module(found)
         sys.modules[name] = found
-    return _checked(getattr(found, entry.__name__), signature)
+    return found
 
 
-# The argument types a native signature may use: numba's name -> numpy's.
+# The types a native signature may use: numba's name -> numpy's dtype, and the Python scalars each takes (an int
+# is no float's business to truncate, nor a bool an int's).
 _NATIVE_TYPES = {"i8": np.dtype(np.int64), "f8": np.dtype(np.float64), "b1": np.dtype(np.bool_)}
-_NATIVE_ARG = re.compile(r"(\w+)(\[[:, ]*1\])?")
+_NATIVE_SCALARS: dict[str, tuple[type, ...]] = {"i8": (int, np.integer), "f8": (float, int, np.floating, np.integer),
+                                                "b1": (bool, np.bool_)}
+_NATIVE_ARG = re.compile(r"(\w+)(\[[^\]]*\])?")
+_C_ORDER = re.compile(r"\[(:, )*::1\]")  # [::1], [:, ::1], ...: C-contiguous, the only layout run_fast hands over
 
 
-def _checked(function: Callable[..., Any], signature: str) -> Callable[..., Any]:
-    """`function` refusing arguments other than its signature's: a native module reads whatever memory it is
-    handed (a float32 array where it expects float64 is a crash, or worse, wrong numbers), where numba would raise."""
-    expected = []
+def _arguments(signature: str) -> list[tuple[str, int]]:
+    """A native signature's arguments as (type, dimensions); a type or layout it cannot check is refused."""
+    arguments = []
     for token, dims in _NATIVE_ARG.findall(signature[signature.index("(") + 1:-1]):
         if token not in _NATIVE_TYPES:
             raise ValueError(f"native signature type {token!r} not one of {sorted(_NATIVE_TYPES)}")
-        expected.append((_NATIVE_TYPES[token], dims.count(":") - 1 if dims else 0))  # "[:, ::1]": 2-D, C order
+        if dims and not _C_ORDER.fullmatch(dims):
+            raise ValueError(f"native signature layout {token}{dims}: only C-contiguous arrays ([::1], [:, ::1])")
+        arguments.append((token, dims.count(":") - 1 if dims else 0))
+    return arguments
+
+
+def _checked(function: Callable[..., Any], expected: list[tuple[str, int]]) -> Callable[..., Any]:
+    """`function` refusing arguments other than its signature's: a native module reads whatever memory it is
+    handed (a float32 array where it expects float64 is a crash, or worse, wrong numbers), where numba would raise.
+    (Read-only arrays pass: inputs may be memory-mapped datasets; the caller owns what it lets be written.)"""
 
     def call(*args: Any) -> Any:
         if len(args) != len(expected):
             raise TypeError(f"{function.__name__} takes {len(expected)} arguments, got {len(args)}")
-        for k, (arg, (dtype, ndim)) in enumerate(zip(args, expected, strict=True)):
-            fits = (isinstance(arg, np.ndarray) and arg.dtype == dtype and arg.ndim == ndim and arg.flags.c_contiguous
-                    if ndim else isinstance(arg, int | float | np.generic))
+        for k, (arg, (token, ndim)) in enumerate(zip(args, expected, strict=True)):
+            if ndim:
+                fits = (isinstance(arg, np.ndarray) and arg.dtype == _NATIVE_TYPES[token] and arg.ndim == ndim
+                        and arg.flags.c_contiguous and arg.flags.aligned)
+                want = f"{ndim}-D C-contiguous aligned {_NATIVE_TYPES[token]}"
+            else:
+                fits = isinstance(arg, _NATIVE_SCALARS[token]) and (token == "b1" or not isinstance(arg, bool | np.bool_))
+                want = f"a {_NATIVE_TYPES[token]} scalar"
             if not fits:
-                raise TypeError(f"{function.__name__} argument {k}: expected {ndim}-D C-contiguous {dtype}, got "
+                raise TypeError(f"{function.__name__} argument {k}: expected {want}, got "
                                 f"{getattr(arg, 'dtype', type(arg).__name__)} {getattr(arg, 'shape', '')}")
         return function(*args)
 
     return call
 
 
-def _host_cpu() -> str:
-    """The machine and its instruction set extensions: a module built for this CPU must never run on another
-    (a copied var/ would crash on an instruction the other lacks), so they are part of its key."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        flags = ""
-    return f"{platform.machine()} {flags.strip()}"
-
-
 def _can_build_extensions() -> bool:
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]  # as distutils picks it
     return shutil.which(compiler) is not None and Path(sysconfig.get_paths()["include"], "Python.h").is_file()
 
 
@@ -211,8 +262,8 @@ def _build_native(entry: types.FunctionType, signature: str, name: str, path: Pa
     try:
         cc = CC(name, source_module=entry.__module__)
         cc.output_dir = str(build)
-        cc.use_nrt = False
-        cc.target_cpu = "host"  # as the just-in-time compiler does: built on the machine that runs it
+        cc.use_nrt = False  # for the architecture's baseline CPU (pycc's default): as fast here as for the host's
+        # model, and it runs wherever var/ is copied or a virtual machine hides some of the model's instructions
         cc.export(entry.__name__, signature)(clone)
         cc.compile()
         (build / path.name).replace(path)

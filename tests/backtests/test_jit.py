@@ -11,7 +11,7 @@ from numba.core.errors import NumbaError
 
 from backtests import fast, jit
 from tests.backtests.conftest import REPO
-from trading.core import fsm, greeks, rules
+from trading.core import greeks, rules
 from trading.core.rules import mid_price
 
 
@@ -32,19 +32,23 @@ def test_the_fast_loop_runs_the_rules_of_trading_core_and_defines_no_decision_of
     assert set(by_module) == {"backtests.fast", "trading.core.rules", "trading.core.greeks"}
 
 
-def test_the_cache_key_covers_the_modules_whose_constants_are_compiled_in(monkeypatch):
+def test_the_cache_key_covers_the_loaded_code_and_the_constants_compiled_in(monkeypatch):
     functions = jit._closure(fast._kernel)
-    before = jit.source_hash(functions)
-    assert "trading.core.fsm" in jit._modules_reached(functions)  # TRADING_NEXT is built from its table
-    real = inspect.getsource
+    before = jit.code_hash(functions)
+    assert jit.code_hash(jit._closure(fast._kernel)) == before  # the same in every process and every call
 
-    def edited(module):
-        text = real(module)
-        return text + "\n# an edit\n" if module is fsm else text
+    changed = fast.TRADING_NEXT.copy()
+    changed[0, 0] = 99
+    monkeypatch.setattr(fast, "TRADING_NEXT", changed)  # the loop's transition table, built from another fsm
+    assert jit.code_hash(functions) != before
+    monkeypatch.undo()
 
-    monkeypatch.setattr(inspect, "getsource", edited)
+    monkeypatch.setattr(rules.mid_price, "__code__", rules.touch_price.__code__)  # a rule's code changed
+    assert jit.code_hash(functions) != before
+    monkeypatch.undo()
 
-    assert jit.source_hash(functions) != before
+    monkeypatch.setattr(inspect, "getsource", lambda obj: "# the file, edited after this process loaded it")
+    assert jit.code_hash(functions) == before  # what was loaded is what compiles, so that is the key
 
 
 def test_a_compiled_rule_gives_the_python_answer():
@@ -81,12 +85,18 @@ def test_a_native_function_computes_with_the_rules_it_calls_and_refuses_argument
     fills(out, 99.0)
 
     assert list(out) == [100.0] * 3
-    with pytest.raises(TypeError, match="argument 0: expected 1-D C-contiguous float64, got float32"):
+    with pytest.raises(TypeError, match="argument 0: expected 1-D C-contiguous aligned float64, got float32"):
         fills(np.zeros(3, np.float32), 1.0)  # a native module would read it as float64: wrong numbers or a crash
     with pytest.raises(TypeError, match="argument 0"):
         fills(np.zeros((3, 2))[:, 0], 1.0)  # not contiguous
+    with pytest.raises(TypeError, match="argument 0"):
+        fills(np.zeros(25, np.uint8)[1:].view(np.float64), 1.0)  # misaligned
+    with pytest.raises(TypeError, match="argument 1: expected a float64 scalar, got bool"):
+        fills(out, True)
     with pytest.raises(TypeError, match="takes 2 arguments"):
         fills(out)
+    with pytest.raises(ValueError, match="only C-contiguous arrays"):
+        jit.native(_fills, "void(f8[:], f8)", tmp_path)  # refused before anything is built
 
 
 def test_code_that_allocates_is_refused_when_built_without_refcounts_not_run(tmp_path):
@@ -96,7 +106,7 @@ def test_code_that_allocates_is_refused_when_built_without_refcounts_not_run(tmp
         jit.compiled(_allocates, tmp_path, allocates=False)(3)
     assert list(jit.compiled(_allocates, tmp_path)(3)) == [0.0] * 3
     functions = jit._closure(fast._kernel)
-    assert jit.source_hash(functions) != jit.source_hash(functions, "no refcounts")  # never one another's cache
+    assert jit.code_hash(functions) != jit.code_hash(functions, "no refcounts")  # never one another's cache
 
 
 def test_without_a_c_compiler_a_native_function_runs_just_in_time_and_says_so(tmp_path, monkeypatch, caplog):
@@ -111,9 +121,9 @@ def test_without_a_c_compiler_a_native_function_runs_just_in_time_and_says_so(tm
     assert not list(tmp_path.rglob("*.so"))
 
 
-def test_a_native_module_is_kept_per_cpu_and_never_loaded_on_another(tmp_path, monkeypatch):
+def test_a_native_module_is_kept_per_architecture_and_never_loaded_on_another(tmp_path, monkeypatch):
     jit.native(_fills, "void(f8[::1], f8)", tmp_path)
-    monkeypatch.setattr(jit, "_host_cpu", lambda: "x86_64 flags: an older cpu without avx2")
+    monkeypatch.setattr(jit.platform, "machine", lambda: "aarch64")
 
     fills = jit.native(_fills, "void(f8[::1], f8)", tmp_path)  # built again for this one, not loaded
 
@@ -121,3 +131,31 @@ def test_a_native_module_is_kept_per_cpu_and_never_loaded_on_another(tmp_path, m
     fills(out, 0.0)
     assert out[0] == 1.0
     assert len(list(tmp_path.rglob("*.so"))) == 2
+
+
+def test_a_native_module_that_does_not_load_is_built_again(tmp_path):
+    jit.native(_fills, "void(f8[::1], f8)", tmp_path)
+    [built] = tmp_path.rglob("*.so")
+    built.write_bytes(built.read_bytes()[:100])  # a disk that filled up under an older build
+    probe = (f"import numpy as np; from backtests import jit; from tests.backtests.test_jit import _fills; "
+             f"f = jit.native(_fills, 'void(f8[::1], f8)', __import__('pathlib').Path({str(tmp_path)!r})); "
+             f"out = np.zeros(1); f(out, 1.0); print(out[0])")
+
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2.0"
+    assert "does not load" in done.stderr and "building it again" in done.stderr
+    assert built.stat().st_size > 100_000
+
+
+def test_a_build_the_toolchain_fails_runs_just_in_time_and_says_so(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("CC", "/bin/false")  # a compiler that fails every file
+
+    fills = jit.native(_fills, "void(f8[::1], f8)", tmp_path)
+    out = np.zeros(1)
+    fills(out, 3.0)
+
+    assert out[0] == 4.0
+    assert "cannot build native _fills" in caplog.text
+    assert not list(tmp_path.rglob("*.so"))
