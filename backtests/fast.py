@@ -418,7 +418,7 @@ _compiled_kernel: Callable[..., Any] | None = None
 
 
 def compiled_kernel() -> Callable[..., Any]:
-    """`_kernel` and everything it calls, built once per source into a native module, imported once per process."""
+    """`_kernel` and everything it calls, built once per code hash into a native module, imported once per process."""
     global _compiled_kernel
     if _compiled_kernel is None:
         _compiled_kernel = jit.native(_kernel, KERNEL_SIGNATURE)

@@ -7,7 +7,8 @@ originals are untouched: the engine keeps calling them as Python.
 - `native(entry, signature)`: ahead of time, into a native extension module (numba's pycc and the C compiler). A
   process that finds it built imports it without loading numba at all: numba's import, its typing registries and
   the scipy.linalg it pulls in cost a backtest 0.5-1 s of start-up. The replay kernel runs this way.
-- `compiled(entry)`: numba's own just-in-time dispatcher, typed at the first call (tests, benchmarks).
+- `compiled(entry)`: numba's own just-in-time dispatcher, typed at the first call (tests, benchmarks, and the
+  kernel on a machine that cannot build a native module).
 
 The machine code is kept on disk under a hash of the code it was compiled from, as loaded, and of every constant it
 reads, plus the numba, numpy and Python versions: change any rule and the cache moves, so stale code never runs.
@@ -103,9 +104,9 @@ def code_hash(functions: list[types.FunctionType], *flags: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _rewired(entry: types.FunctionType, allocates: bool) -> tuple[types.FunctionType, list[types.FunctionType]]:
+def _rewired(entry: types.FunctionType, allocates: bool) -> types.FunctionType:
     """A copy of `entry` whose helpers (every function of ours it reaches) are numba dispatchers calling one
-    another, and those functions. Every helper is inlined into the entry at numba's IR level: its calls then cost
+    another. Every helper is inlined into the entry at numba's IR level: its calls then cost
     nothing and the state arrays' loads and stores are optimised across them (~1.6x on the replay's kernel)."""
     import numba
 
@@ -123,7 +124,7 @@ def _rewired(entry: types.FunctionType, allocates: bool) -> tuple[types.Function
         for name, value in namespace.items():
             if isinstance(value, types.FunctionType) and id(value) in helpers:
                 namespace[name] = helpers[id(value)]
-    return clones[id(entry)], functions
+    return clones[id(entry)]
 
 
 def compiled(entry: Callable[..., Any], cache_root: Path = CACHE_ROOT, *,
@@ -142,8 +143,7 @@ def compiled(entry: Callable[..., Any], cache_root: Path = CACHE_ROOT, *,
     saved = numba_config.CACHE_DIR
     numba_config.CACHE_DIR = str(cache_root / code_hash(_closure(entry), *flags))  # read as each dispatcher is made
     try:
-        clone, _ = _rewired(entry, allocates)
-        return numba.njit(cache=True, _nrt=allocates)(clone)
+        return numba.njit(cache=True, _nrt=allocates)(_rewired(entry, allocates))
     finally:
         numba_config.CACHE_DIR = saved
 
@@ -256,14 +256,15 @@ def _build_native(entry: types.FunctionType, signature: str, name: str, path: Pa
         warnings.simplefilter("ignore")  # pycc is "pending deprecation"; numba is pinned, and its tests run it
         from numba.pycc import CC
 
-    clone, _ = _rewired(entry, allocates=False)
+    clone = _rewired(entry, allocates=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(dir=path.parent))  # concurrent builders each write their own, then rename
     try:
         cc = CC(name, source_module=entry.__module__)
         cc.output_dir = str(build)
-        cc.use_nrt = False  # for the architecture's baseline CPU (pycc's default): as fast here as for the host's
-        # model, and it runs wherever var/ is copied or a virtual machine hides some of the model's instructions
+        cc.use_nrt = False
+        # pycc's default target, the architecture's baseline CPU: as fast here as the host's own model, and it runs
+        # wherever var/ is copied or a virtual machine hides some of the model's instructions.
         cc.export(entry.__name__, signature)(clone)
         cc.compile()
         (build / path.name).replace(path)

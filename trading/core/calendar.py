@@ -145,14 +145,15 @@ def _sessions(exchange: str) -> SessionTable | str:
 
         try:
             cached = _build(exchange)
-            if _store is not None:
-                _store.save(exchange, cached)
         except xcals.errors.InvalidCalendarName:
             cached = "unknown exchange (not an exchange_calendars name such as 'XNYS')"
         except (xcals.errors.CalendarError, ValueError, NotImplementedError) as exc:
             # Some registered calendars cannot span FIRST_DAY..LAST_DAY (holidays only recorded a few years
             # ahead) or do not build with this pandas; refuse them up front rather than at the first tick.
             cached = f"exchange_calendars cannot build {exchange} for {FIRST_DAY}..{LAST_DAY}: {exc}"
+        else:
+            if _store is not None:
+                _store.save(exchange, cached)
         _SESSIONS[exchange] = cached
     return cached
 
