@@ -45,7 +45,7 @@ ANCHOR_PACKAGES = {"backtrader": "backtrader==1.9.78.123", "nautilus_trader": "n
 
 
 def bench_fast(data: TickData, params: StrategyParams) -> tuple[float, dict]:
-    run_backtest(data.slice(0, 2000), params, path="fast")  # compile (or load the numba cache) first
+    run_backtest(data.slice(0, 2000), params, path="fast")  # build (or load) the native kernel first
     seconds, outcome = best_of(3, lambda: run_backtest(data, params, path="fast"))
     return len(data) / seconds, outcome
 
