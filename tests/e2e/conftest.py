@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from django.db import connection
 
+from tests.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 HEARTBEAT_S = 0.2
 
@@ -173,12 +175,6 @@ stopasgroup=true
 redirect_stderr=true
 stdout_logfile={var}/worker.log
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

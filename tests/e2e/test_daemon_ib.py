@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from monitor.selectors import status_payload_get
 from tests.e2e.conftest import REPO, wait_until
+from tests.ports import free_port
 from trading.models import ControlCommand, ControlState, Fill, ManagedLeg, Operation, Order, Position, StatusCurrent
 from trading.selectors import lease_get, lease_is_fresh
 from trading.services import control_command_create, strategy_config_create
@@ -34,17 +35,11 @@ MANUAL_NVDA_SHARES = 100.0  # the seeded account's manual shares of the underlyi
 OTHER_ACCOUNT = "DU7654321"  # a second account on the same login (tws_two_accounts)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class TwsSimProcess:
     """`manage.py tws_sim` as a process, with its control port for faults and inspection."""
 
     def __init__(self, var_dir: Path, *extra: str) -> None:
-        self.port, self.control_port = _free_port(), _free_port()
+        self.port, self.control_port = free_port(), free_port()
         self.log_path = var_dir / f"tws_sim-{time.monotonic_ns()}.log"
         self.log = self.log_path.open("w")
         self.proc = subprocess.Popen(

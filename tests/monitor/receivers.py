@@ -3,11 +3,12 @@ receiver (answering 200, 500, or hanging), and an SMTP server (aiosmtpd)."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.ports import free_port
 
 
 class HttpReceiver:
@@ -59,9 +60,7 @@ class SmtpReceiver:
             def handle_message(self, message: Any) -> None:
                 receiver.messages.append(message)
 
-        with socket.socket() as probe:  # aiosmtpd needs the port before it starts
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()  # aiosmtpd needs the port before it starts
         self.controller = Controller(Keep(), hostname="127.0.0.1", port=self.port)
         self.controller.start()
 

@@ -843,13 +843,10 @@ def test_the_cli_serves_several_accounts(tmp_path):
     import subprocess
     import sys
 
+    from tests.ports import free_port
     from trading.sim.tws_server import send_command
 
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
+    ports = [free_port(), free_port()]
     proc = subprocess.Popen([sys.executable, "manage.py", "tws_sim", "--port", str(ports[0]), "--control-port",
                              str(ports[1]), "--accounts", "DU7000001,DU7000002", "--state", str(tmp_path / "t.json")],
                             env={**os.environ, "BIFROST_ALLOW_DEV_SECRET": "1"}, stdout=subprocess.DEVNULL,
