@@ -15,15 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from tests.ports import free_port  # never a port an outgoing connection may take first
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def best_of(runs: int, fn: Callable[[], T]) -> tuple[float, T]:

@@ -73,7 +73,8 @@ def main() -> None:
                    "--out", str(Path(tmp) / "result.json")]
         bare = [sys.executable, "bench/bare_threshold.py", str(path), "--strike", str(structure.strike),
                 "--expiry-s", str(structure.expiry_us / 1e6), "--straddles", "10"]
-        subprocess.run(bifrost, cwd=ROOT, check=True, capture_output=True, env=ENV)  # build (or find) the native kernel and the session table
+        # Build (or find) the native kernel and the session table first.
+        subprocess.run(bifrost, cwd=ROOT, check=True, capture_output=True, env=ENV)
         best: dict[str, float] = {}
         for _ in range(args.runs):  # alternate, so both see the same machine
             for label, argv in (("bifrost", bifrost), ("bare", bare)):
